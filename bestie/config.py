@@ -1,0 +1,158 @@
+"""Typed, validated params.
+
+``params.yaml`` is parsed once, checked completely (unknown keys, types, ranges, choices)
+and turned into frozen dataclasses that library code receives as explicit arguments.
+Every stage loads the whole file, so one bad value stops ``dvc repro`` at its first stage
+with a one-line message naming the key.
+
+A field's limits live in its metadata: ``min``/``max`` (inclusive), ``choices``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bestie.errors import BestieError
+
+__all__ = ["Params", "load_params", "parse_params", "SUPERVISIONS"]
+
+SUPERVISIONS = ("cls", "point", "full")
+
+
+def _f(default: Any, **limits: Any) -> Any:
+    """A dataclass field with validation limits (``min``, ``max``, ``choices``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=limits)
+    return field(default=default, metadata=limits)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    root: str = _f("data/synthetic")
+    train_split: str = _f("train")  # ImageSets/Segmentation/<name>.txt, e.g. train_aug
+    val_split: str = _f("val")
+
+
+@dataclass(frozen=True)
+class SynthesizeParams:
+    """The embedded synthetic VOC2012-format dataset."""
+
+    num_train: int = _f(400, min=1)
+    num_val: int = _f(100, min=1)
+    num_classes: int = _f(6, min=1, max=6)
+    min_side: int = _f(96, min=48)
+    max_side: int = _f(160, min=48)
+    max_instances: int = _f(6, min=1, max=12)
+    max_classes_per_image: int = _f(3, min=1, max=6)
+    touching_share: float = _f(0.4, min=0.0, max=1.0)  # images forced to hold a touching same-class pair
+    distractors: int = _f(3, min=0, max=20)  # max class-free clutter shapes per image
+    void_width: int = _f(1, min=0, max=5)  # px of 255 band on instance borders
+    seed: int = _f(0, min=0)
+
+
+@dataclass(frozen=True)
+class Params:
+    supervision: str = _f("cls", choices=SUPERVISIONS)
+    seed: int = _f(3407, min=0)
+    data: DataParams = field(default_factory=DataParams)
+    synthesize: SynthesizeParams = field(default_factory=SynthesizeParams)
+
+    def __post_init__(self) -> None:
+        s = self.synthesize
+        if s.min_side > s.max_side:
+            raise BestieError(
+                f"params: synthesize.min_side ({s.min_side}) must not exceed "
+                f"synthesize.max_side ({s.max_side})"
+            )
+        if s.max_classes_per_image > s.num_classes:
+            raise BestieError(
+                "params: synthesize.max_classes_per_image "
+                f"({s.max_classes_per_image}) exceeds synthesize.num_classes ({s.num_classes})"
+            )
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any, key: str, limits: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise BestieError(f"params: {key} must be a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise BestieError(f"params: {key} must be a list, got {value!r}")
+        items = [_check_value(v, item_tp, f"{key}[{i}]", limits) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (tp,) = [o for o in options if o is not type(None)]
+    # bool is an int in Python; a YAML `yes` must not pass as a count, nor 1 as a flag.
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+        raise BestieError(
+            f"params: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        )
+    if "choices" in limits and value not in limits["choices"]:
+        choices = " | ".join(map(str, limits["choices"]))
+        raise BestieError(f"params: {key} must be one of {choices}, got {value!r}")
+    if "min" in limits and value < limits["min"]:
+        raise BestieError(f"params: {key} must be >= {limits['min']}, got {value!r}")
+    if "max" in limits and value > limits["max"]:
+        raise BestieError(f"params: {key} must be <= {limits['max']}, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise BestieError(
+            f"params: unknown key {where}{unknown[0]} (known: {', '.join(sorted(fields))})"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _check_value(value, hints[name], key, dict(fields[name].metadata))
+    return cls(**kwargs)
+
+
+def parse_params(raw: dict | None) -> Params:
+    """Validate a params mapping (as read from YAML) into :class:`Params`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BestieError("params: the top level must be a mapping")
+    return _build(Params, raw)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise :class:`BestieError` naming any bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise BestieError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise BestieError(f"{path}: not valid YAML ({err})") from None
+    return parse_params(raw)
+
+
+def to_dict(obj: Any) -> dict:
+    """A plain-dict copy of a params dataclass (for checkpoints and logs)."""
+    return dataclasses.asdict(obj)

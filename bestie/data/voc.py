@@ -1,0 +1,277 @@
+"""Reader for any dataset in the PASCAL VOC 2012 layout.
+
+```
+ROOT/JPEGImages/ID.jpg
+ROOT/SegmentationClass/ID.png     0 background, c+1 class c, 255 void
+ROOT/SegmentationObject/ID.png    0 background, k instance k, 255 void
+ROOT/Annotations/ID.xml           optional: object names (image-level labels)
+ROOT/ImageSets/Segmentation/SPLIT.txt
+ROOT/Center_points/ID.txt         optional: "x y class_index score" a line
+ROOT/classes.txt                  optional: class names in label order (else the VOC 20)
+```
+
+Every fault a user can make in such a folder raises :class:`BestieError` naming the file.
+Images without masks are allowed (e.g. the SBD ``train_aug`` images) as long as their
+image-level labels can come from ``Annotations``; evaluation splits need masks.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+from bestie.data.png import read_label_png
+from bestie.errors import BestieError
+
+__all__ = ["VOC_CLASSES", "VOCDataset", "GroundTruth", "interior_points"]
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+VOID = 255
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The instances of one image."""
+
+    masks: np.ndarray  # [N, H, W] bool
+    classes: np.ndarray  # [N] int64, 0-based
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+def interior_points(masks: np.ndarray) -> np.ndarray:
+    """One point inside each mask: its pixel farthest from the mask border.
+
+    That is where an annotator clicking "the middle of the object" lands, and unlike the
+    centroid it is always inside, also for rings and crescents. Ties go to the first pixel
+    in raster order, so the result is deterministic.
+
+    Args:
+        masks: [N, H, W] bool.
+    Returns:
+        [N, 2] float32 (x, y).
+    """
+    points = np.zeros((len(masks), 2), dtype=np.float32)
+    for i, mask in enumerate(masks):  # a handful of instances an image
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            raise ValueError(f"mask {i} is empty")
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        # Pad the box by one so pixels on the box edge see the outside as border.
+        crop = np.pad(mask[y0:y1, x0:x1], 1)
+        distance = ndimage.distance_transform_edt(crop)
+        y, x = np.unravel_index(np.argmax(distance), distance.shape)
+        points[i] = (x0 + x - 1, y0 + y - 1)
+    return points
+
+
+class VOCDataset:
+    """One split of a VOC2012-format root.
+
+    Args:
+        root: the dataset folder.
+        split: name of the list file ``ImageSets/Segmentation/<split>.txt``.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str) -> None:
+        self.root = Path(root)
+        self.split = split
+        if not self.root.is_dir():
+            raise BestieError(f"{self.root}: dataset folder not found (params key data.root)")
+        for sub in ("JPEGImages", "ImageSets/Segmentation"):
+            if not (self.root / sub).is_dir():
+                raise BestieError(f"{self.root / sub}: folder not found; is {self.root} a VOC2012-format root?")
+        split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not split_file.is_file():
+            raise BestieError(f"{split_file}: split file not found")
+        self.ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        if not self.ids:
+            raise BestieError(f"{split_file}: split is empty")
+        if len(set(self.ids)) != len(self.ids):
+            raise BestieError(f"{split_file}: lists an image id twice")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def class_names(self) -> tuple[str, ...]:
+        path = self.root / "classes.txt"
+        if not path.is_file():
+            return VOC_CLASSES
+        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        if not names:
+            raise BestieError(f"{path}: no class names")
+        if len(set(names)) != len(names):
+            raise BestieError(f"{path}: a class name appears twice")
+        if len(names) > 254:
+            raise BestieError(f"{path}: {len(names)} classes; label PNGs hold at most 254")
+        return names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # -- paths -------------------------------------------------------------------------
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def class_mask_path(self, image_id: str) -> Path:
+        return self.root / "SegmentationClass" / f"{image_id}.png"
+
+    def object_mask_path(self, image_id: str) -> Path:
+        return self.root / "SegmentationObject" / f"{image_id}.png"
+
+    def annotation_path(self, image_id: str) -> Path:
+        return self.root / "Annotations" / f"{image_id}.xml"
+
+    def center_points_path(self, image_id: str) -> Path:
+        return self.root / "Center_points" / f"{image_id}.txt"
+
+    def has_masks(self, image_id: str) -> bool:
+        return self.class_mask_path(image_id).is_file()
+
+    # -- readers -----------------------------------------------------------------------
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """(width, height) from the image header, without decoding the pixels."""
+        path = self.image_path(image_id)
+        if not path.is_file():
+            raise BestieError(f"{path}: image listed in {self.split}.txt not found")
+        try:
+            with Image.open(path) as image:
+                return image.size
+        except (UnidentifiedImageError, OSError) as err:
+            raise BestieError(f"{path}: unreadable image ({err})") from None
+
+    def read_image(self, image_id: str) -> np.ndarray:
+        """[H, W, 3] uint8 RGB. Truncated or corrupt files raise BestieError."""
+        path = self.image_path(image_id)
+        if not path.is_file():
+            raise BestieError(f"{path}: image listed in {self.split}.txt not found")
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise BestieError(f"{path}: unreadable or truncated image ({err})") from None
+
+    def _read_mask(self, path: Path, size: tuple[int, int]) -> np.ndarray:
+        try:
+            labels = read_label_png(path)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise BestieError(f"{path}: unreadable mask ({err})") from None
+        if labels.shape[::-1] != size:
+            raise BestieError(
+                f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but its image is {size[0]}x{size[1]}"
+            )
+        return labels
+
+    def read_class_map(self, image_id: str) -> np.ndarray:
+        """[H, W] uint8: 0 background, c+1 class c, 255 void; checked against the image."""
+        path = self.class_mask_path(image_id)
+        if not path.is_file():
+            raise BestieError(f"{path}: mask not found for image {image_id}")
+        labels = self._read_mask(path, self.image_size(image_id))
+        bad = np.setdiff1d(np.unique(labels), np.arange(self.num_classes + 1).tolist() + [VOID])
+        if bad.size:
+            raise BestieError(
+                f"{path}: value {bad[0]} is no class (dataset has {self.num_classes} classes)"
+            )
+        return labels
+
+    def read_object_map(self, image_id: str) -> np.ndarray:
+        """[H, W] uint8: 0 background, k instance k, 255 void; checked against the image."""
+        path = self.object_mask_path(image_id)
+        if not path.is_file():
+            raise BestieError(f"{path}: object mask not found for image {image_id}")
+        return self._read_mask(path, self.image_size(image_id))
+
+    def ground_truth(self, image_id: str) -> GroundTruth:
+        """Instances from SegmentationObject + SegmentationClass, 0 and 255 excluded.
+
+        An instance's class is the class-map value under its pixels; a mask pair that
+        disagrees (one instance over two classes) is an error in the dataset.
+        """
+        class_map = self.read_class_map(image_id)
+        object_map = self.read_object_map(image_id)
+        instance_ids = np.setdiff1d(np.unique(object_map), [0, VOID])
+        masks = object_map[None] == instance_ids[:, None, None]
+        classes = np.zeros(len(instance_ids), dtype=np.int64)
+        for i, mask in enumerate(masks):
+            values = np.unique(class_map[mask])
+            values = values[(values != 0) & (values != VOID)]
+            if len(values) != 1:
+                raise BestieError(
+                    f"{self.object_mask_path(image_id)}: instance {instance_ids[i]} covers class "
+                    f"values {values.tolist()} in {self.class_mask_path(image_id).name}; expected one class"
+                )
+            classes[i] = values[0] - 1
+        return GroundTruth(masks=masks, classes=classes)
+
+    def annotation_labels(self, image_id: str) -> list[int]:
+        """Sorted class indices named by ``Annotations/ID.xml``."""
+        path = self.annotation_path(image_id)
+        try:
+            tree = ET.parse(path)
+        except ET.ParseError as err:
+            raise BestieError(f"{path}: malformed XML ({err})") from None
+        index = {name: i for i, name in enumerate(self.class_names)}
+        labels = set()
+        for obj in tree.getroot().iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            if name not in index:
+                raise BestieError(f"{path}: unknown class name {name!r}")
+            labels.add(index[name])
+        return sorted(labels)
+
+    def image_labels(self, image_id: str) -> list[int]:
+        """Sorted class indices present in the image: from the masks, else from Annotations."""
+        if self.has_masks(image_id):
+            values = np.unique(self.read_class_map(image_id))
+            return [int(v) - 1 for v in values if v not in (0, VOID)]
+        if self.annotation_path(image_id).is_file():
+            return self.annotation_labels(image_id)
+        raise BestieError(
+            f"{self.class_mask_path(image_id)}: image {image_id} has no mask and no "
+            f"{self.annotation_path(image_id).name} to take its labels from"
+        )
+
+    def points(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """One point per object: ``Center_points/ID.txt`` if present, else interior points.
+
+        Returns:
+            points_xy [K, 2] float32, classes [K] int64.
+        """
+        path = self.center_points_path(image_id)
+        if path.is_file():
+            return self._read_center_points(path)
+        if not self.has_masks(image_id):
+            raise BestieError(
+                f"{path}: no point labels for image {image_id} (no Center_points file and no masks)"
+            )
+        gt = self.ground_truth(image_id)
+        return interior_points(gt.masks), gt.classes
+
+    def _read_center_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            table = np.array([[float(v) for v in row[:3]] for row in rows], dtype=np.float64).reshape(-1, 3)
+        except ValueError:
+            raise BestieError(f"{path}: expected lines 'x y class_index score'") from None
+        if any(len(row) < 3 for row in rows):
+            raise BestieError(f"{path}: expected lines 'x y class_index score'")
+        classes = table[:, 2].astype(np.int64)
+        if ((classes < 0) | (classes >= self.num_classes)).any():
+            raise BestieError(f"{path}: class index out of range 0..{self.num_classes - 1}")
+        return table[:, :2].astype(np.float32), classes

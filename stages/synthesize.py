@@ -1,0 +1,23 @@
+"""DVC stage `synthesize`: generate the embedded synthetic VOC2012-format dataset."""
+
+import argparse
+
+from bestie.config import Params
+from bestie.data.synthetic import generate, statistics_from_root
+from bestie.io import atomic_dir, write_json
+from bestie.stage import run_stage
+
+
+def main(params: Params, out: str, metrics: str) -> None:
+    with atomic_dir(out) as tmp:
+        generate(tmp, params.synthesize)
+        stats = statistics_from_root(tmp)
+    write_json(metrics, stats)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="data/synthetic")
+    parser.add_argument("--metrics", default="metrics/dataset.json")
+    args = parser.parse_args()
+    run_stage(lambda params: main(params, args.out, args.metrics))
