@@ -58,11 +58,100 @@ class SynthesizeParams:
 
 
 @dataclass(frozen=True)
+class ClassifierParams:
+    """The PAM multi-label classifier whose class maps give the peak points (METHOD.md §1)."""
+
+    backbone: str = _f("small", choices=("small", "vgg16"))
+    pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
+    alpha: float = _f(0.7, min=0.0, max=1.0)  # PAM threshold; 0 gives a plain CAM classifier
+    epochs: int = _f(15, min=1)
+    lr_steps: list[int] = _f([5, 10])  # epochs at which the lr is divided by 10
+    batch_size: int = _f(16, min=1)
+    optimizer: str = _f("sgd", choices=("sgd", "adam"))  # sgd: momentum 0.9
+    lr: float = _f(1e-3, min=0.0)
+    weight_decay: float = _f(1e-4, min=0.0)
+    crop_size: int = _f(128, min=16)
+    scale_min: float = _f(0.7, min=0.1)
+    scale_max: float = _f(1.3, min=0.1)
+    workers: int = _f(2, min=0)
+
+
+@dataclass(frozen=True)
+class PeaksParams:
+    """Peak extraction from the classifier's class maps (METHOD.md §1)."""
+
+    flip: bool = _f(True)
+    smooth_kernel: int = _f(3, min=1)
+    nms_kernel: int = _f(15, min=1)
+    max_per_class: int = _f(25, min=1)
+    score_thresh: float = _f(0.1, min=0.0, max=1.0)
+    pseudo_thresh: float = _f(0.7, min=0.0, max=1.0)  # only peaks above it are used downstream
+    batch_size: int = _f(16, min=1)
+
+
+@dataclass(frozen=True)
+class PseudoLabelParams:
+    """Semantic knowledge transfer (METHOD.md §3)."""
+
+    min_size: int = _f(50, min=1)
+    connectivity: int = _f(8, choices=(4, 8))
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The BESTIE network and its training with self-refinement (METHOD.md §4-§6)."""
+
+    backbone: str = _f("small", choices=("small", "resnet50", "resnet101"))
+    pretrained: bool = _f(False)
+    iterations: int = _f(3000, min=1)
+    batch_size: int = _f(8, min=1)  # global batch, split over processes
+    crop_size: int = _f(128, min=16)
+    scale_min: float = _f(0.7, min=0.1)
+    scale_max: float = _f(1.3, min=0.1)
+    lr: float = _f(1e-3, min=0.0)
+    warmup_iters: int = _f(100, min=0)
+    poly_power: float = _f(0.9, min=0.0)
+    weight_decay: float = _f(0.0, min=0.0)
+    bn_momentum: float = _f(0.01, min=0.0, max=1.0)
+    sigma: float = _f(6.0, min=0.5)
+    seg_weight: float = _f(1.0, min=0.0)
+    center_weight: float = _f(200.0, min=0.0)
+    offset_weight: float = _f(0.01, min=0.0)
+    hard_pixel_ratio: float = _f(0.2, min=0.0, max=1.0)
+    refine: bool = _f(True)
+    refine_iter: int = _f(0, min=0)
+    refine_thresh: float = _f(0.3, min=0.0)
+    refine_nms_kernel: int = _f(41, min=1)
+    refine_max_instances: int = _f(5, min=1)
+    amp: bool = _f(True)  # only takes effect on CUDA
+    workers: int = _f(2, min=0)
+    checkpoint_every: int = _f(500, min=1)
+    log_every: int = _f(20, min=1)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Inference post-processing (METHOD.md §7) and evaluation on val."""
+
+    flip: bool = _f(True)
+    center_thresh: float = _f(0.1, min=0.0)
+    nms_kernel: int = _f(41, min=1)
+    min_size: int = _f(50, min=1)
+    point_guided: bool = _f(False)  # point supervision: use the given val points as centers
+    gallery: int = _f(6, min=0)  # val images drawn in the prediction gallery
+
+
+@dataclass(frozen=True)
 class Params:
     supervision: str = _f("cls", choices=SUPERVISIONS)
     seed: int = _f(3407, min=0)
     data: DataParams = field(default_factory=DataParams)
     synthesize: SynthesizeParams = field(default_factory=SynthesizeParams)
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)
+    peaks: PeaksParams = field(default_factory=PeaksParams)
+    pseudo_labels: PseudoLabelParams = field(default_factory=PseudoLabelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def __post_init__(self) -> None:
         s = self.synthesize
@@ -76,6 +165,13 @@ class Params:
                 "params: synthesize.max_classes_per_image "
                 f"({s.max_classes_per_image}) exceeds synthesize.num_classes ({s.num_classes})"
             )
+        for name in ("classifier", "train"):
+            section = getattr(self, name)
+            if section.scale_min > section.scale_max:
+                raise BestieError(
+                    f"params: {name}.scale_min ({section.scale_min}) must not exceed "
+                    f"{name}.scale_max ({section.scale_max})"
+                )
 
 
 def _type_name(tp: Any) -> str:

@@ -11,7 +11,7 @@ from bestie.stage import run_stage
 def main(params: Params, out: str, metrics: str) -> None:
     with atomic_dir(out) as tmp:
         generate(tmp, params.synthesize)
-        stats = statistics_from_root(tmp)
+        stats = statistics_from_root(tmp, void_width=params.synthesize.void_width)
     write_json(metrics, stats)
 
 

@@ -32,3 +32,17 @@ def voc_copy(tmp_path: Path, voc_fixture_root: Path) -> Path:
     root = tmp_path / "voc"
     shutil.copytree(voc_fixture_root, root)
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests use tiny tensors: one thread is faster than contending for the machine's cores."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,652 @@
+"""The embedded synthetic dataset, in the PASCAL VOC 2012 layout.
+
+Small enough to run the whole pipeline on a laptop CPU, hard enough that weak supervision
+is a real problem:
+
+- each class is a shape with its own texture; colours come from one distribution shared
+  by every class (and by the clutter), so colour says nothing about the class;
+- the background is textured and cluttered with class-free distractor shapes;
+- objects occlude each other (an instance's mask is its visible part);
+- a share of the images holds two touching instances of the same class: the case that
+  semantic knowledge transfer cannot split and self-refinement has to recover;
+- masks carry a thin void band (255) on instance borders, as VOC's do.
+
+Every image is a pure function of ``(params, split, index)`` with its own seeded
+generator, so the dataset is byte-identical for the same params.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import os
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
+
+from bestie.config import SynthesizeParams
+from bestie.data.png import read_label_png, write_label_png
+
+__all__ = [
+    "CLASS_NAMES",
+    "SyntheticImage",
+    "render_image",
+    "void_band",
+    "generate",
+    "dataset_statistics",
+    "statistics_from_root",
+]
+
+CLASS_NAMES = ("disc", "box", "triangle", "star", "ring", "cross")
+SPLITS = ("train", "val")
+VOID = 255
+
+# An instance is kept only if occlusion leaves this much of it visible.
+MIN_VISIBLE_FRACTION = 0.5
+MIN_VISIBLE_PIXELS = 80
+# An instance the void band shrinks below this is voided whole (the pipeline ignores
+# components smaller than 50 px anyway).
+MIN_LABELLED_PIXELS = 50
+# Instance area as a share of min(H, W)^2, sampled log-uniformly.
+AREA_SHARE = (0.03, 0.10)
+# Texture period in px.
+PERIOD = (5.0, 8.0)
+# Every shape lies within this many radii of its centre (the box's corners: sqrt 2).
+EXTENT = 1.45
+
+# A shape is a predicate on normalised, rotated coordinates (u, v): [h, w] -> bool [h, w].
+ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """One rendered image with its VOC masks."""
+
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    class_map: np.ndarray  # [H, W] uint8: 0 background, c+1 class c, 255 void
+    object_map: np.ndarray  # [H, W] uint8: 0 background, k instance k (1-based), 255 void
+    classes: list[int]  # class index (0-based) of instance k+1
+
+
+# -- shapes ----------------------------------------------------------------------------
+def _disc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return u * u + v * v <= 1.0
+
+
+def _box(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(u), np.abs(v)) <= 1.0
+
+
+def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    # Equilateral, circumradius 1: inside all three edges, each at distance 1/2.
+    normals = np.deg2rad([90.0, 210.0, 330.0])
+    return np.stack([u * math.cos(a) + v * math.sin(a) for a in normals]).max(0) <= 0.5
+
+
+def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    # Five points: the radius swings linearly between 0.45 and 1 with the angle.
+    phase = (np.arctan2(v, u) * (5 / (2 * math.pi))) % 1.0
+    return np.hypot(u, v) <= 0.45 + 0.55 * np.abs(1.0 - 2.0 * phase)
+
+
+def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r2 = u * u + v * v
+    return (r2 <= 1.0) & (r2 >= 0.55**2)
+
+
+def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    au, av = np.abs(u), np.abs(v)
+    return (np.maximum(au, av) <= 1.0) & (np.minimum(au, av) <= 0.33)
+
+
+CLASS_SHAPES: tuple[ShapeFn, ...] = (_disc, _box, _triangle, _star, _ring, _cross)
+
+
+@cache
+def _unit_area(shape: ShapeFn) -> float:
+    """Area of ``shape`` at radius 1 (aspect jitter preserves it), measured on a fine grid."""
+    step = 2 * EXTENT / 512
+    axis = np.arange(-EXTENT, EXTENT, step) + step / 2
+    return float(shape(axis[None, :], axis[:, None]).sum() * step * step)
+
+
+def _blob(rng: np.random.Generator) -> ShapeFn:
+    """A lumpy closed outline: the unit circle with random low harmonics."""
+    amplitudes = rng.uniform(-0.15, 0.15, size=3)
+    phases = rng.uniform(0, 2 * math.pi, size=3)
+
+    def blob(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        theta = np.arctan2(v, u)
+        harmonics = zip((2, 3, 4), amplitudes, phases)
+        radius = 1.0 + sum(a * np.cos(k * theta + p) for k, a, p in harmonics)
+        return np.hypot(u, v) <= radius
+
+    return blob
+
+
+def _bar(rng: np.random.Generator) -> ShapeFn:
+    half_width = rng.uniform(0.06, 0.16)
+    return lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= half_width)
+
+
+def _squiggle(rng: np.random.Generator) -> ShapeFn:
+    half_width = rng.uniform(0.06, 0.12)
+    amplitude, waves = rng.uniform(0.15, 0.35), rng.uniform(1.0, 2.5)
+    phase = rng.uniform(0, 2 * math.pi)
+    return lambda u, v: (np.abs(u) <= 1.0) & (
+        np.abs(v - amplitude * np.sin(math.pi * waves * u + phase)) <= half_width
+    )
+
+
+DISTRACTOR_SHAPES = (_blob, _bar, _squiggle)
+
+
+# -- textures: [h, w] pixel offsets along the texture axes -> [h, w] float in [0, 1] ------
+def _stripes(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    return ((u / period) % 1.0 < 0.5) + np.zeros_like(v)
+
+
+def _dots(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    fu, fv = u / period, v / period
+    fu, fv = fu - np.round(fu), fv - np.round(fv)
+    return fu * fu + fv * fv < 0.16  # dot radius 0.4 periods: half the area, like the others
+
+
+def _checker(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    return (np.floor(u / period) + np.floor(v / period)) % 2 == 1
+
+
+def _rings(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    return (np.hypot(u, v) / period) % 1.0 < 0.5
+
+
+def _grid(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    return ((u / period) % 1.0 < 0.29) | ((v / period) % 1.0 < 0.29)
+
+
+def _blocks(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    """Random binary blocks of half a period: a noise texture."""
+    table = rng.random((16, 16)) < 0.5
+    size = period / 2
+    return table[np.floor(u / size).astype(np.int64) % 16, np.floor(v / size).astype(np.int64) % 16]
+
+
+def _solid(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    return np.zeros(np.broadcast_shapes(u.shape, v.shape))
+
+
+def _ramp(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    span = rng.uniform(20.0, 50.0)
+    return np.clip(0.5 + u / span, 0.0, 1.0) + np.zeros_like(v)
+
+
+def _waves(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    bend = 0.6 * np.sin(2 * math.pi * v / (3 * period))
+    return 0.5 + 0.5 * np.sin(2 * math.pi * (u / period + bend))
+
+
+TextureFn = Callable[[np.ndarray, np.ndarray, float, np.random.Generator], np.ndarray]
+# Class c is CLASS_SHAPES[c] filled with CLASS_TEXTURES[c]; clutter uses the others.
+CLASS_TEXTURES: tuple[TextureFn, ...] = (_stripes, _dots, _checker, _rings, _grid, _blocks)
+DISTRACTOR_TEXTURES: tuple[TextureFn, ...] = (_solid, _ramp, _waves)
+
+
+# -- colours: one distribution for every class, the clutter and the background -----------
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.25, 0.9), rng.uniform(0.35, 0.95)
+    return np.array(colorsys.hsv_to_rgb(hue, saturation, value), dtype=np.float32)
+
+
+def _two_tones(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A colour and a darker or lighter tone of it, the texture's second tone."""
+    base = _colour(rng)
+    if rng.random() < 0.5:
+        return base, base * rng.uniform(0.25, 0.5)
+    return base, base + (1.0 - base) * rng.uniform(0.45, 0.75)
+
+
+# -- geometry ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Pose:
+    cy: float  # centre, px
+    cx: float
+    radius: float  # px; the shape's unit length
+    aspect: float  # the shape is stretched by it along u and squeezed along v (area kept)
+    angle: float  # rad
+
+
+@dataclass(frozen=True)
+class _Footprint:
+    """A shape rasterised in its window of the image."""
+
+    window: tuple[slice, slice]
+    mask: np.ndarray  # [h, w] bool: the window's pixels the (unoccluded) shape covers
+    dy: np.ndarray  # [h, 1] float32: pixel row minus centre row
+    dx: np.ndarray  # [1, w] float32
+
+
+def _rasterise(shape: ShapeFn, pose: _Pose, size: tuple[int, int]) -> _Footprint | None:
+    """The pixels of an image of ``size`` (H, W) that ``shape`` at ``pose`` covers."""
+    half = _reach(pose) * EXTENT
+    y0, y1 = max(math.floor(pose.cy - half), 0), min(math.ceil(pose.cy + half) + 1, size[0])
+    x0, x1 = max(math.floor(pose.cx - half), 0), min(math.ceil(pose.cx + half) + 1, size[1])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(pose.cy)
+    dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(pose.cx)
+    u, v = _rotate(dy, dx, pose.angle)
+    mask = shape(u / (pose.radius * pose.aspect), v * (pose.aspect / pose.radius))
+    return _Footprint((slice(y0, y1), slice(x0, x1)), mask, dy, dx)
+
+
+def _reach(pose: _Pose) -> float:
+    """The pose's longest half-axis in px, before the shape's own extent."""
+    return pose.radius * max(pose.aspect, 1 / pose.aspect)
+
+
+def _rotate(dy: np.ndarray, dx: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (dy, dx) expressed along axes turned by ``angle``: (u, v), broadcast."""
+    cos, sin = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+    return dx * cos + dy * sin, dy * cos - dx * sin
+
+
+def _overlaps(a: _Footprint, b: _Footprint) -> bool:
+    (ay, ax), (by, bx) = a.window, b.window
+    y0, y1 = max(ay.start, by.start), min(ay.stop, by.stop)
+    x0, x1 = max(ax.start, bx.start), min(ax.stop, bx.stop)
+    if y0 >= y1 or x0 >= x1:
+        return False
+    in_a = a.mask[y0 - ay.start : y1 - ay.start, x0 - ax.start : x1 - ax.start]
+    in_b = b.mask[y0 - by.start : y1 - by.start, x0 - bx.start : x1 - bx.start]
+    return bool((in_a & in_b).any())
+
+
+# -- painting ----------------------------------------------------------------------------
+def _paint(
+    canvas: np.ndarray,
+    footprint: _Footprint,
+    texture: TextureFn,
+    rng: np.random.Generator,
+    radius: float,
+) -> None:
+    """Fill ``footprint`` on ``canvas`` [H, W, 3] with a two-tone texture under soft light."""
+    tone_a, tone_b = _two_tones(rng)
+    period = rng.uniform(*PERIOD)
+    u, v = _rotate(footprint.dy, footprint.dx, rng.uniform(0, 2 * math.pi))
+    mix = texture(u + rng.uniform(0, period), v + rng.uniform(0, period), period, rng)
+    light_u, _ = _rotate(footprint.dy, footprint.dx, rng.uniform(0, 2 * math.pi))
+    shade = 1.0 + rng.uniform(0.0, 0.3) * np.clip(light_u / radius, -1.0, 1.0)
+    fill = (tone_a + (tone_b - tone_a) * mix[..., None]) * shade[..., None]
+    canvas[footprint.window][footprint.mask] = fill[footprint.mask]
+
+
+def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A muted two-colour field of smooth noise, a light gradient and a faint pattern."""
+    height, width = size
+    dy = np.arange(height, dtype=np.float32)[:, None] - height / 2
+    dx = np.arange(width, dtype=np.float32)[None, :] - width / 2
+    # Smooth noise: a few random plane waves of 40-150 px wavelength.
+    field = np.zeros(size, dtype=np.float32)
+    for _ in range(4):
+        u, _ = _rotate(dy, dx, rng.uniform(0, 2 * math.pi))
+        field += np.sin(2 * math.pi * u / rng.uniform(40, 150) + rng.uniform(0, 2 * math.pi))
+    field = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
+    grey = np.float32(0.5)
+    near, far = (grey + (_colour(rng) - grey) * rng.uniform(0.3, 0.8) for _ in range(2))
+    canvas = near + (far - near) * field[..., None]
+    u, _ = _rotate(dy, dx, rng.uniform(0, 2 * math.pi))
+    canvas *= (1.0 + rng.uniform(-0.4, 0.4) * u / max(size))[..., None]
+    # A faint class-free pattern.
+    u, v = _rotate(dy, dx, rng.uniform(0, 2 * math.pi))
+    period = rng.uniform(8, 20)
+    pattern = (
+        lambda: ((u / period) % 1.0 < 0.15) | ((v / period) % 1.0 < 0.15),
+        lambda: ((u / period) % 1.0 < 0.3) + np.zeros_like(v),
+        lambda: _waves(u, v, period, rng),
+    )[rng.integers(3)]()
+    canvas += (rng.uniform(0.03, 0.08) * (pattern - 0.5))[..., None]
+    return canvas
+
+
+def _paint_distractors(
+    rng: np.random.Generator, canvas: np.ndarray, count: int, scale: float
+) -> None:
+    """Paint ``count`` class-free shapes: clutter that stays background in the masks."""
+    size = canvas.shape[:2]
+    for _ in range(count):
+        shape = DISTRACTOR_SHAPES[rng.integers(len(DISTRACTOR_SHAPES))](rng)
+        radius = scale * rng.uniform(0.1, 0.22)
+        centre = (rng.uniform(0, size[0]), rng.uniform(0, size[1]))
+        pose = _Pose(*centre, radius, 1.0, rng.uniform(0, 2 * math.pi))
+        footprint = _rasterise(shape, pose, size)
+        if footprint is not None:
+            texture = DISTRACTOR_TEXTURES[rng.integers(len(DISTRACTOR_TEXTURES))]
+            _paint(canvas, footprint, texture, rng, radius)
+
+
+# -- scene layout ------------------------------------------------------------------------
+def _min_visible(area: np.ndarray | float) -> np.ndarray:
+    return np.maximum(MIN_VISIBLE_FRACTION * np.asarray(area), MIN_VISIBLE_PIXELS)
+
+
+class _Stack:
+    """Instances stacked in painting order, and who of them is visible where."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.owner = np.zeros(size, dtype=np.uint8)  # 0 background, k instance k
+        self.footprints: list[_Footprint] = []
+        self.poses: list[_Pose] = []
+        self.classes: list[int] = []
+        self.areas: list[float] = []  # full (unoccluded, untruncated) areas
+        self.visible: list[int] = []
+
+    def push(
+        self, footprint: _Footprint | None, pose: _Pose, class_index: int, area: float
+    ) -> bool:
+        """Put an instance on top unless it, or one it covers, would lose too much."""
+        if footprint is None:
+            return False
+        own = int(footprint.mask.sum())  # the window is clipped to the image
+        if own < _min_visible(area):
+            return False
+        covered = self.owner[footprint.window][footprint.mask]
+        lost = np.bincount(covered, minlength=len(self.visible) + 1)[1:]
+        visible = np.asarray(self.visible, dtype=np.int64) - lost
+        if (visible < _min_visible(np.asarray(self.areas))).any():
+            return False
+        self.owner[footprint.window][footprint.mask] = len(self.visible) + 1
+        self.visible = [*visible.tolist(), own]
+        self.footprints.append(footprint)
+        self.poses.append(pose)
+        self.classes.append(class_index)
+        self.areas.append(area)
+        return True
+
+
+def _sample_shape_pose(
+    rng: np.random.Generator, shape: ShapeFn, scale: float, centre: tuple[float, float]
+) -> tuple[_Pose, float]:
+    """A random size, stretch and turn for ``shape``; returns the pose and the shape's area."""
+    low, high = AREA_SHARE
+    area = scale * scale * math.exp(rng.uniform(math.log(low), math.log(high)))
+    area = max(area, 2.0 * MIN_VISIBLE_PIXELS)  # tiny images: still worth keeping
+    radius = math.sqrt(area / _unit_area(shape))
+    stretch, angle = math.exp(rng.uniform(-0.3, 0.3)), rng.uniform(0, 2 * math.pi)
+    return _Pose(*centre, radius, stretch, angle), area
+
+
+def _push_random(
+    rng: np.random.Generator, stack: _Stack, class_index: int, scale: float, tries: int = 20
+) -> bool:
+    """Drop an instance at random places until it fits the stack.
+
+    The first instance goes in the middle half of the image, where it always fits, so no
+    image is left without instances.
+    """
+    shape, size = CLASS_SHAPES[class_index], stack.owner.shape
+    low, high = (0.25, 0.75) if not stack.classes else (0.0, 1.0)
+    for _ in range(tries):
+        centre = (rng.uniform(low, high) * size[0], rng.uniform(low, high) * size[1])
+        pose, area = _sample_shape_pose(rng, shape, scale, centre)
+        if stack.push(_rasterise(shape, pose, size), pose, class_index, area):
+            return True
+    return False
+
+
+def _touching_pair(
+    rng: np.random.Generator, size: tuple[int, int], class_index: int, scale: float, tries: int = 10
+) -> _Stack | None:
+    """Two instances of one class, the second slid in until it meets (or just covers) the first."""
+    shape = CLASS_SHAPES[class_index]
+    for _ in range(tries):
+        centre = (rng.uniform(0.3, 0.7) * size[0], rng.uniform(0.3, 0.7) * size[1])
+        pose, area = _sample_shape_pose(rng, shape, scale, centre)
+        partner, partner_area = _sample_shape_pose(rng, shape, scale, centre)
+        heading = rng.uniform(0, 2 * math.pi)
+        overlap_px = rng.uniform(0.0, 2.5)
+        first = _rasterise(shape, pose, size)
+
+        def at(distance: float) -> tuple[_Pose, _Footprint | None]:
+            cy = centre[0] + distance * math.sin(heading)
+            cx = centre[1] + distance * math.cos(heading)
+            moved = _Pose(cy, cx, partner.radius, partner.aspect, partner.angle)
+            return moved, _rasterise(shape, moved, size)
+
+        def meets(distance: float) -> bool:
+            footprint = at(distance)[1]
+            return footprint is not None and _overlaps(first, footprint)
+
+        # Bisect the centre distance between overlapping (near) and apart (far).
+        near, far = 0.0, EXTENT * (_reach(pose) + _reach(partner)) + 2
+        if not meets(near):  # e.g. a small ring inside a big ring's hole
+            continue
+        while far - near > 0.5:
+            middle = (near + far) / 2
+            near, far = (middle, far) if meets(middle) else (near, middle)
+        second, footprint = at(max(near - overlap_px, 0.0))
+        stack = _Stack(size)
+        if stack.push(first, pose, class_index, area) and stack.push(
+            footprint, second, class_index, partner_area
+        ):
+            return stack
+    return None
+
+
+def _plan_classes(rng: np.random.Generator, params: SynthesizeParams, pair: bool) -> list[int]:
+    """Class of every instance to place, in painting order; a forced pair comes first."""
+    count = int(rng.integers(2 if pair else 1, params.max_instances + 1))
+    most = min(params.max_classes_per_image, params.num_classes, count - 1 if pair else count)
+    chosen = rng.choice(params.num_classes, size=int(rng.integers(1, most + 1)), replace=False)
+    head = [int(chosen[0])] * 2 if pair else [int(chosen[0])]
+    extra = rng.choice(chosen, size=count - len(head) - (len(chosen) - 1))
+    rest = np.concatenate([chosen[1:], extra])
+    return head + rng.permutation(rest).tolist()
+
+
+def _forces_pair(index: int, share: float) -> bool:
+    """Whether image ``index`` is one of the evenly spread ``share`` with a touching pair."""
+    return math.floor((index + 1) * share + 1e-9) > math.floor(index * share + 1e-9)
+
+
+# -- masks -------------------------------------------------------------------------------
+def void_band(owner: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within ``width`` px (8-connected) of an instance painted later.
+
+    Painting order makes the band one-sided: it lies in the background around each
+    instance and in the covered instance along an occlusion border, so every border gets
+    exactly ``width`` px and an instance's own visible pixels stay labelled.
+
+    Args:
+        owner: [H, W] uint8, 0 background, k instance k in painting order.
+    Returns:
+        [H, W] bool.
+    """
+    if width == 0:
+        return np.zeros(owner.shape, dtype=bool)
+    return ndimage.maximum_filter(owner, size=2 * width + 1, mode="nearest") > owner
+
+
+def _label_maps(
+    owner: np.ndarray, classes: Sequence[int], void_width: int
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Object and class maps with the void band; instances it shrinks too far become void."""
+    objects = owner.copy()
+    objects[void_band(owner, void_width)] = VOID
+    counts = np.bincount(objects.ravel(), minlength=256)[1 : len(classes) + 1]
+    kept = np.flatnonzero(counts >= MIN_LABELLED_PIXELS)
+    relabel = np.full(256, VOID, dtype=np.uint8)
+    relabel[0] = 0
+    relabel[kept + 1] = np.arange(1, len(kept) + 1)
+    objects = relabel[objects]
+    kept_classes = [int(classes[k]) for k in kept]
+    to_class = np.full(256, VOID, dtype=np.uint8)
+    to_class[0] = 0
+    to_class[1 : len(kept) + 1] = np.asarray(kept_classes, dtype=np.uint8) + 1
+    return objects, to_class[objects], kept_classes
+
+
+# -- images ------------------------------------------------------------------------------
+def _split_code(split: str) -> int:
+    return zlib.crc32(split.encode())
+
+
+def render_image(params: SynthesizeParams, split: str, index: int) -> SyntheticImage:
+    """Render image ``index`` of ``split``: a pure function of its arguments."""
+    rng = np.random.default_rng([params.seed, _split_code(split), index])
+    height, width = rng.integers(params.min_side, params.max_side + 1, size=2).tolist()
+    size, scale = (height, width), float(min(height, width))
+    canvas = _background(rng, size)
+    _paint_distractors(rng, canvas, int(rng.integers(0, params.distractors + 1)), scale)
+
+    pair = params.max_instances >= 2 and _forces_pair(index, params.touching_share)
+    plan = _plan_classes(rng, params, pair)
+    stack = _touching_pair(rng, size, plan[0], scale) if pair else None
+    if stack is None:  # no pair asked for, or none fitted: place everything at random
+        stack = _Stack(size)
+    else:
+        plan = plan[2:]
+    for class_index in plan:
+        _push_random(rng, stack, class_index, scale)
+    for class_index, footprint, pose in zip(stack.classes, stack.footprints, stack.poses):
+        _paint(canvas, footprint, CLASS_TEXTURES[class_index], rng, pose.radius)
+
+    # A touch of blur and sensor noise, so edges and flat areas look photographed.
+    canvas = ndimage.gaussian_filter(canvas, sigma=(0.5, 0.5, 0.0))
+    canvas += rng.normal(0.0, 0.012, size=canvas.shape).astype(np.float32)
+    image = np.clip(np.round(canvas * 255), 0, 255).astype(np.uint8)
+    object_map, class_map, classes = _label_maps(stack.owner, stack.classes, params.void_width)
+    return SyntheticImage(image, class_map, object_map, classes)
+
+
+def _annotation(
+    image_id: str, sample: SyntheticImage, class_names: Sequence[str]
+) -> ET.ElementTree:
+    """Minimal VOC XML: file name, size, and one named object (with its box) an instance."""
+    height, width = sample.object_map.shape
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "synthetic"
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    ET.SubElement(root, "segmented").text = "1"
+    instances = np.where(sample.object_map == VOID, 0, sample.object_map)
+    boxes = ndimage.find_objects(instances, len(sample.classes))
+    for class_index, (rows, cols) in zip(sample.classes, boxes):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = class_names[class_index]
+        ET.SubElement(obj, "difficult").text = "0"
+        bndbox = ET.SubElement(obj, "bndbox")  # VOC boxes are 1-based and inclusive
+        corners = (cols.start + 1, rows.start + 1, cols.stop, rows.stop)
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), corners):
+            ET.SubElement(bndbox, key).text = str(value)
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    return tree
+
+
+def generate(root: str | os.PathLike, params: SynthesizeParams) -> None:
+    """Write the whole dataset in the VOC 2012 layout into the existing, empty ``root``."""
+    root = Path(root)
+    class_names = CLASS_NAMES[: params.num_classes]
+    folders = ("JPEGImages", "SegmentationClass", "SegmentationObject", "Annotations")
+    for sub in (*folders, "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in class_names))
+    counts = {"train": params.num_train, "val": params.num_val}
+    with tqdm(total=sum(counts.values()), desc="synthesize", unit="img", disable=None) as progress:
+        for split, count in counts.items():
+            ids = [f"{split}_{index:06d}" for index in range(count)]
+            list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            list_file.write_text("".join(f"{image_id}\n" for image_id in ids))
+            for index, image_id in enumerate(ids):
+                sample = render_image(params, split, index)
+                jpeg = root / "JPEGImages" / f"{image_id}.jpg"
+                Image.fromarray(sample.image).save(jpeg, quality=90)
+                write_label_png(root / "SegmentationClass" / f"{image_id}.png", sample.class_map)
+                write_label_png(root / "SegmentationObject" / f"{image_id}.png", sample.object_map)
+                xml = root / "Annotations" / f"{image_id}.xml"
+                _annotation(image_id, sample, class_names).write(xml, encoding="utf-8")
+                progress.update()
+
+
+# -- statistics --------------------------------------------------------------------------
+def _has_touching_pair(class_map: np.ndarray, object_map: np.ndarray, void_width: int) -> bool:
+    """Whether two instances of one class are separated by at most the void band."""
+    ids = np.flatnonzero(np.bincount(object_map.ravel(), minlength=256)[1:VOID]) + 1
+    instance_class = np.zeros(256, dtype=np.uint8)
+    instance_class[object_map.ravel()] = class_map.ravel()
+    reach = np.ones((3, 3), dtype=bool)
+    for c in np.unique(instance_class[ids]):
+        same = ids[instance_class[ids] == c]
+        for k in same[:-1]:  # each pair is seen from its first member
+            grown = ndimage.binary_dilation(object_map == k, reach, iterations=void_width + 1)
+            if np.isin(object_map[grown], same[same > k]).any():
+                return True
+    return False
+
+
+def dataset_statistics(
+    class_maps: Sequence[np.ndarray], object_maps: Sequence[np.ndarray], void_width: int = 1
+) -> dict[str, float]:
+    """Dataset statistics measured from VOC masks: flat keys, numbers only.
+
+    Args:
+        class_maps: per image [H, W] uint8 (0 background, c+1 class c, 255 void).
+        object_maps: per image [H, W] uint8 (0 background, k instance k, 255 void).
+        void_width: the void band's width; two instances touch if one, dilated by
+            ``void_width + 1`` px (8-connected), meets the other.
+    """
+    if len(class_maps) != len(object_maps) or not class_maps:
+        raise ValueError(
+            "need as many class maps as object maps, at least one; "
+            f"got {len(class_maps)} and {len(object_maps)}"
+        )
+    instances, classes, areas, touching, void, pixels = [], [], [], 0, 0, 0
+    for class_map, object_map in zip(class_maps, object_maps):
+        if class_map.shape != object_map.shape:
+            raise ValueError(
+                f"class map {class_map.shape} and object map {object_map.shape} differ in size"
+            )
+        counts = np.bincount(object_map.ravel(), minlength=256)
+        sizes = counts[1:VOID][counts[1:VOID] > 0]
+        present = np.bincount(class_map.ravel(), minlength=256)[1:VOID]
+        instances.append(len(sizes))
+        classes.append(int((present > 0).sum()))
+        areas.extend(sizes.tolist())
+        touching += _has_touching_pair(class_map, object_map, void_width)
+        void += int(counts[VOID])
+        pixels += object_map.size
+    percentiles = np.percentile(areas, [5, 25, 50, 75, 95]) if areas else np.zeros(5)
+    return {
+        "images": float(len(instances)),
+        "instances": float(sum(instances)),
+        "instances_per_image_mean": float(np.mean(instances)),
+        "instances_per_image_min": float(min(instances)),
+        "instances_per_image_max": float(max(instances)),
+        "classes_per_image_mean": float(np.mean(classes)),
+        "touching_same_class_share": touching / len(instances),
+        **{f"instance_area_p{p}": float(v) for p, v in zip((5, 25, 50, 75, 95), percentiles)},
+        "void_share": void / pixels,
+    }
+
+
+def statistics_from_root(
+    root: str | os.PathLike, ids: Sequence[str] | None = None, void_width: int = 1
+) -> dict[str, float]:
+    """:func:`dataset_statistics` of the masks written under ``root`` (default: every split)."""
+    root = Path(root)
+    if ids is None:
+        lists = [root / "ImageSets" / "Segmentation" / f"{split}.txt" for split in SPLITS]
+        ids = [image_id for path in lists for image_id in path.read_text().split()]
+    class_maps = [read_label_png(root / "SegmentationClass" / f"{i}.png") for i in ids]
+    object_maps = [read_label_png(root / "SegmentationObject" / f"{i}.png") for i in ids]
+    return dataset_statistics(class_maps, object_maps, void_width)
