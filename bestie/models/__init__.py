@@ -1,0 +1,31 @@
+"""Networks: swappable backbones, the PAM classifier and the BESTIE (Panoptic-DeepLab) network.
+
+Every model takes ImageNet-normalised RGB images ``[B, 3, H, W]`` and returns a dict of
+named outputs.
+"""
+
+from bestie.models.backbones import (
+    BACKBONES,
+    Backbone,
+    ResNetBackbone,
+    SmallBackbone,
+    VGG16Backbone,
+    build_backbone,
+)
+from bestie.models.pam import PAMClassifier, PeakAttention, multilabel_loss, peak_attention
+from bestie.models.panoptic_deeplab import BestieNet, DecoderSpec
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BestieNet",
+    "DecoderSpec",
+    "PAMClassifier",
+    "PeakAttention",
+    "ResNetBackbone",
+    "SmallBackbone",
+    "VGG16Backbone",
+    "build_backbone",
+    "multilabel_loss",
+    "peak_attention",
+]

@@ -1,0 +1,272 @@
+"""The BESTIE network (METHOD.md section 4): Panoptic-DeepLab with class-wise center maps.
+
+::
+
+    images -> backbone -> semantic decoder (ASPP + 2 low-level fusions) -> segmentation head (C+1)
+                       \\-> instance decoder (same structure, own weights) -> center head (C)
+                                                                           \\-> offset head (2)
+
+Every output is upsampled (bilinear, align_corners=False) to the input size. All norms are
+plain ``nn.BatchNorm2d`` so ``nn.SyncBatchNorm.convert_sync_batchnorm`` applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bestie.models.backbones import Backbone, SmallBackbone, build_backbone, conv_bn_relu
+
+__all__ = [
+    "ASPP",
+    "DepthwiseSeparableConv",
+    "FusionBlock",
+    "Decoder",
+    "Head",
+    "DecoderSpec",
+    "BestieNet",
+    "default_decoder_specs",
+]
+
+
+class DepthwiseSeparableConv(nn.Sequential):
+    """k x k depthwise conv + BN + ReLU, then 1x1 conv + BN + ReLU.
+
+    [B, in, H, W] -> [B, out, H, W]
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 5):
+        super().__init__(
+            nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2,
+                      groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+            conv_bn_relu(in_channels, out_channels, kernel_size=1),
+        )
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: [B, in, h, w] -> [B, out, h, w].
+
+    Branches: 1x1 conv, one 3x3 conv per rate, and global image pooling; concatenated, then
+    projected by a 1x1 conv (+ dropout). The pooling branch has a bias and no BatchNorm, so
+    training with a batch of one image works (BN over 1x1 maps would see one value).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, rates: Sequence[int] = (6, 12, 18),
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(in_channels, out_channels, kernel_size=1)]
+            + [conv_bn_relu(in_channels, out_channels, dilation=r) for r in rates]
+        )
+        self.pooling = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True)
+        )
+        self.project = nn.Sequential(
+            conv_bn_relu((len(rates) + 2) * out_channels, out_channels, kernel_size=1),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.pooling(x).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+class FusionBlock(nn.Module):
+    """Fuse a coarse map with a finer low-level map (one Panoptic-DeepLab decoder step).
+
+    The coarse map is upsampled to the low-level map's size, concatenated with the low-level
+    map projected by a 1x1 conv (a few channels, so the fine detail does not swamp the
+    semantics), and fused by a 5x5 depthwise-separable conv.
+    [B, in, h, w], [B, low, H, W] -> [B, out, H, W]
+    """
+
+    def __init__(self, in_channels: int, low_level_channels: int, project_channels: int,
+                 out_channels: int):
+        super().__init__()
+        self.project = conv_bn_relu(low_level_channels, project_channels, kernel_size=1)
+        self.fuse = DepthwiseSeparableConv(in_channels + project_channels, out_channels)
+
+    def forward(self, x: Tensor, low_level: Tensor) -> Tensor:
+        x = F.interpolate(x, size=low_level.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([x, self.project(low_level)], dim=1))
+
+
+class Decoder(nn.Module):
+    """ASPP on the deepest feature, then one :class:`FusionBlock` per low-level feature.
+
+    Used twice in :class:`BestieNet`, with separate weights: the semantic and the instance
+    decoder. ``features`` -> ``[B, channels, H/s, W/s]`` with s the stride of the last
+    (finest) low-level feature.
+    """
+
+    def __init__(
+        self,
+        in_channels: dict[str, int],
+        in_feature: str,
+        low_level_features: Sequence[str],
+        project_channels: Sequence[int],
+        channels: int,
+        aspp_rates: Sequence[int],
+    ):
+        super().__init__()
+        if len(project_channels) != len(low_level_features):
+            raise ValueError(
+                f"one project width per low-level feature: {list(low_level_features)} "
+                f"vs {list(project_channels)}"
+            )
+        self.in_feature = in_feature
+        self.low_level_features = tuple(low_level_features)
+        self.aspp = ASPP(in_channels[in_feature], channels, aspp_rates)
+        self.fusions = nn.ModuleList(
+            FusionBlock(channels, in_channels[name], width, channels)
+            for name, width in zip(self.low_level_features, project_channels)
+        )
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        x = self.aspp(features[self.in_feature])
+        for name, fusion in zip(self.low_level_features, self.fusions):
+            x = fusion(x, features[name])
+        return x
+
+
+class Head(nn.Module):
+    """A prediction head: 5x5 depthwise-separable conv, then a 1x1 conv to ``out_channels``.
+
+    The 1x1 conv starts near zero (weights N(0, 1e-3), bias 0), as in Panoptic-DeepLab: an
+    untrained center head predicts no centers, the offset head no displacement, the
+    segmentation head uniform class probabilities.
+    [B, in, h, w] -> [B, out_channels, h, w]
+    """
+
+    def __init__(self, in_channels: int, head_channels: int, out_channels: int):
+        super().__init__()
+        self.tower = DepthwiseSeparableConv(in_channels, head_channels)
+        self.predictor = nn.Conv2d(head_channels, out_channels, 1)
+        nn.init.normal_(self.predictor.weight, 0.0, 1e-3)
+        nn.init.zeros_(self.predictor.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predictor(self.tower(x))
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Widths of one decoder branch and its heads.
+
+    Attributes:
+        channels: ASPP and fusion width.
+        project_channels: 1x1 projection width of each low-level feature, coarse to fine.
+        head_channels: width of the heads' depthwise-separable conv.
+        aspp_rates: ASPP dilation rates, in cells of the deepest feature.
+    """
+
+    channels: int
+    project_channels: tuple[int, ...]
+    head_channels: int
+    aspp_rates: tuple[int, ...]
+
+
+def default_decoder_specs(backbone: Backbone) -> tuple[DecoderSpec, DecoderSpec]:
+    """(semantic, instance) specs: Panoptic-DeepLab's widths, compact ones for the small backbone.
+
+    Panoptic-DeepLab's ASPP rates (6, 12, 18) are for output stride 16 and ~500 px crops;
+    they double at stride 8. The small backbone sees ~128 px images at stride 8 (~16 cells),
+    where rates (2, 4, 6) still fall inside the map.
+    """
+    if isinstance(backbone, SmallBackbone):
+        rates = (2, 4, 6)
+        return DecoderSpec(64, (32, 16), 64, rates), DecoderSpec(64, (32, 16), 32, rates)
+    scale = 16 // backbone.strides[backbone.deepest] or 1
+    rates = (6 * scale, 12 * scale, 18 * scale)
+    return DecoderSpec(256, (64, 32), 256, rates), DecoderSpec(128, (32, 16), 32, rates)
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class BestieNet(nn.Module):
+    """Backbone + semantic decoder/segmentation head + instance decoder/center and offset heads.
+
+    Args:
+        num_classes: C, foreground classes.
+        backbone: a name for :func:`build_backbone` or a :class:`Backbone` instance (e.g.
+            ``ResNetBackbone(50, True, output_stride=8)``).
+        pretrained: ImageNet initialisation of a named backbone.
+        semantic, instance: decoder widths; default :func:`default_decoder_specs`.
+        low_level_features: finer backbone maps the decoders fuse, coarse to fine; default
+            the backbone's ``low_level``.
+        bn_momentum: momentum of every BatchNorm (PyTorch convention: weight of the new
+            batch statistic; the published setting is 0.01); None keeps PyTorch's 0.1.
+        pretrained_key: params key named in the offline-download error.
+        **backbone_kwargs: passed to :func:`build_backbone` with a named backbone.
+
+    forward(images [B, 3, H, W]) returns, all at H x W:
+        "seg": [B, C+1, H, W] logits, channel 0 background, c+1 class c;
+        "center": [B, C, H, W] class-wise center heatmaps (a regression of Gaussians, no sigmoid);
+        "offset": [B, 2, H, W] in input pixels towards the instance center, channel 0 dy, 1 dx.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str | Backbone = "small",
+        pretrained: bool = False,
+        *,
+        semantic: DecoderSpec | None = None,
+        instance: DecoderSpec | None = None,
+        low_level_features: Sequence[str] | None = None,
+        bn_momentum: float | None = None,
+        pretrained_key: str = "pretrained",
+        **backbone_kwargs,
+    ):
+        super().__init__()
+        if isinstance(backbone, str):
+            backbone = build_backbone(
+                backbone, pretrained, pretrained_key=pretrained_key, **backbone_kwargs
+            )
+        self.backbone = backbone
+        self.num_classes = num_classes
+        default_semantic, default_instance = default_decoder_specs(backbone)
+        semantic = semantic or default_semantic
+        instance = instance or default_instance
+        low_level = tuple(low_level_features or backbone.low_level)
+
+        def decoder(spec: DecoderSpec) -> Decoder:
+            return Decoder(backbone.out_channels, backbone.deepest, low_level,
+                           spec.project_channels, spec.channels, spec.aspp_rates)
+
+        self.semantic_decoder = decoder(semantic)
+        self.instance_decoder = decoder(instance)
+        self.seg_head = Head(semantic.channels, semantic.head_channels, num_classes + 1)
+        self.center_head = Head(instance.channels, instance.head_channels, num_classes)
+        self.offset_head = Head(instance.channels, instance.head_channels, 2)
+        if bn_momentum is not None:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = bn_momentum
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """images [B, 3, H, W] -> {"seg": [B, C+1, H, W], "center": [B, C, H, W],
+        "offset": [B, 2, H, W]}"""
+        size = images.shape[-2:]
+        features = self.backbone(images)
+        semantic = self.semantic_decoder(features)
+        instance = self.instance_decoder(features)
+        # The offset head regresses in decoder cells (small targets, as in Panoptic-DeepLab);
+        # scaling each axis by its input/decoder size ratio turns them into input pixels.
+        offset = self.offset_head(instance)
+        cell = offset.new_tensor([size[0] / offset.shape[-2], size[1] / offset.shape[-1]])
+        return {
+            "seg": _resize(self.seg_head(semantic), size),
+            "center": _resize(self.center_head(instance), size),
+            "offset": _resize(offset, size) * cell.view(1, 2, 1, 1),
+        }
