@@ -1,0 +1,281 @@
+"""Training targets from accepted instances: center heatmap, offsets, weights (METHOD.md §3).
+
+Targets are rendered per training sample AFTER the augmentation, from the transformed
+instance map and centers (:func:`transform_instances`), so they are exact in the
+augmented frame rather than resampled.
+
+Coordinates: pixel (row i, column j) is centred at (x, y) = (j, i). Offsets are [2, H, W]
+with channel 0 = dy = cy - y and channel 1 = dx = cx - x. The torch functions follow the
+device of their inputs and never synchronise with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "center_heatmap",
+    "offset_and_weight",
+    "render_targets",
+    "scaled_size",
+    "transform_points",
+    "transform_instances",
+]
+
+
+def center_heatmap(
+    centers_xy: Tensor,
+    classes: Tensor,
+    num_classes: int,
+    size: tuple[int, int],
+    sigma: float = 6.0,
+) -> Tensor:
+    """Per-class Gaussian center heatmap.
+
+    Args:
+        centers_xy: [N, 2] (x, y) centers; they may lie outside the image (the Gaussian's
+            tail inside the image is still drawn, as if rendered on a larger map and cropped).
+        classes: [N] long class index of each center, in 0..C-1.
+        num_classes: C.
+        size: (H, W).
+        sigma: Gaussian standard deviation in pixels.
+
+    Returns:
+        [C, H, W] float32: exp(-((x - cx)^2 + (y - cy)^2) / (2 sigma^2)) of each center in its
+        class channel, merged by max (value exactly 1 at an integer center); zeros if N = 0.
+
+    Shapes are checked, class values are not (that would synchronise with a GPU). Peak
+    memory is N x H x W floats (50 centers at 512 x 512: 52 MB).
+    """
+    _check_centers(centers_xy, classes, "centers_xy", "classes")
+    height, width = size
+    device = centers_xy.device
+    heatmap = torch.zeros(num_classes, height, width, dtype=torch.float32, device=device)
+    num_centers = len(centers_xy)
+    if num_centers == 0:
+        return heatmap
+
+    # The 2-D Gaussian is separable: an outer product of 1-D Gaussians along y and x.
+    centers_xy = centers_xy.to(torch.float32)
+    two_var = 2.0 * sigma * sigma
+    xs = torch.arange(width, dtype=torch.float32, device=device)
+    ys = torch.arange(height, dtype=torch.float32, device=device)
+    gauss_x = torch.exp(-((xs[None, :] - centers_xy[:, 0:1]) ** 2) / two_var)  # [N, W]
+    gauss_y = torch.exp(-((ys[None, :] - centers_xy[:, 1:2]) ** 2) / two_var)  # [N, H]
+    gaussians = (gauss_y[:, :, None] * gauss_x[:, None, :]).reshape(num_centers, height * width)
+
+    index = classes.to(device=device, dtype=torch.long)[:, None].expand(-1, height * width)
+    heatmap.view(num_classes, height * width).scatter_reduce_(0, index, gaussians, "amax")
+    return heatmap
+
+
+def offset_and_weight(
+    instance_map: Tensor,
+    centers_xy: Tensor,
+    instance_weights: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Center offsets and loss weights of the instance pixels.
+
+    Args:
+        instance_map: [H, W] integer; 0 = no instance, k = instance k (1-based, k <= N).
+        centers_xy: [N, 2] (x, y) center of each instance.
+        instance_weights: [N] weight of each instance; None = all 1.
+
+    Returns:
+        offset: [2, H, W] float32; (cy_k - y, cx_k - x) on the pixels of instance k, 0 elsewhere.
+        weight: [1, H, W] float32; instance_weights[k - 1] on instance k, 0 elsewhere.
+    """
+    if instance_map.dim() != 2:
+        raise ValueError(f"instance_map: expected [H, W], got shape {tuple(instance_map.shape)}")
+    if instance_map.dtype.is_floating_point or instance_map.dtype == torch.bool:
+        raise ValueError(f"instance_map: expected an integer tensor, got {instance_map.dtype}")
+    if centers_xy.dim() != 2 or centers_xy.shape[1] != 2:
+        raise ValueError(f"centers_xy: expected [N, 2], got shape {tuple(centers_xy.shape)}")
+    num_instances = len(centers_xy)
+    if instance_weights is not None and tuple(instance_weights.shape) != (num_instances,):
+        raise ValueError(
+            f"instance_weights: expected shape ({num_instances},), "
+            f"got {tuple(instance_weights.shape)}"
+        )
+
+    height, width = instance_map.shape
+    device = instance_map.device
+    index = instance_map.long()
+    inside = index > 0
+
+    # Row 0 of each lookup table stands for "no instance", so gathering needs no masking.
+    centers = torch.cat([centers_xy.new_zeros(1, 2), centers_xy]).to(device, torch.float32)
+    center_at = centers[index]  # [H, W, 2] (x, y)
+    ys = torch.arange(height, dtype=torch.float32, device=device)[:, None]
+    xs = torch.arange(width, dtype=torch.float32, device=device)[None, :]
+    offset = torch.stack([center_at[..., 1] - ys, center_at[..., 0] - xs])
+    offset = torch.where(inside, offset, torch.zeros((), device=device))
+
+    if instance_weights is None:
+        weight = inside.to(torch.float32)
+    else:
+        weights = torch.cat([instance_weights.new_zeros(1), instance_weights])
+        weight = weights.to(device, torch.float32)[index]
+    return offset, weight[None]
+
+
+def render_targets(
+    instance_map: Tensor,
+    centers_xy: Tensor,
+    classes: Tensor,
+    num_classes: int,
+    sigma: float = 6.0,
+    instance_weights: Tensor | None = None,
+    extra_centers_xy: Tensor | None = None,
+    extra_classes: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """All BESTIE targets of one sample.
+
+    Args:
+        instance_map: [H, W] integer; 0 = none, k = accepted instance k (1-based).
+        centers_xy: [N, 2] (x, y) center of each accepted instance.
+        classes: [N] long class of each accepted instance.
+        num_classes: C.
+        sigma: center Gaussian sigma in pixels.
+        instance_weights: [N] or None (all 1).
+        extra_centers_xy, extra_classes: [M, 2], [M] centers drawn on the heatmap only
+            (point supervision draws every given point, even in rejected components).
+
+    Returns:
+        {"center": [C, H, W], "offset": [2, H, W], "weight": [1, H, W]}, all float32.
+    """
+    if instance_map.dim() != 2:
+        raise ValueError(f"instance_map: expected [H, W], got shape {tuple(instance_map.shape)}")
+    _check_centers(centers_xy, classes, "centers_xy", "classes")
+    if (extra_centers_xy is None) != (extra_classes is None):
+        raise ValueError("extra_centers_xy, extra_classes: give both or neither")
+    drawn_xy, drawn_classes = centers_xy, classes
+    if extra_centers_xy is not None:
+        _check_centers(extra_centers_xy, extra_classes, "extra_centers_xy", "extra_classes")
+        device = centers_xy.device
+        drawn_xy = torch.cat([centers_xy.float(), extra_centers_xy.to(device, torch.float32)])
+        drawn_classes = torch.cat([classes.long(), extra_classes.to(device, torch.long)])
+    size = (instance_map.shape[0], instance_map.shape[1])
+    offset, weight = offset_and_weight(instance_map, centers_xy, instance_weights)
+    drawn_xy = drawn_xy.to(instance_map.device)
+    center = center_heatmap(drawn_xy, drawn_classes, num_classes, size, sigma)
+    return {"center": center, "offset": offset, "weight": weight}
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(round(H * scale), round(W * scale)) with Python's round, at least 1.
+
+    The size the image, its labels and its instances are resized to by the augmentation.
+    """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: must be a positive number, got {scale}")
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def transform_points(
+    points_xy: np.ndarray,
+    size: tuple[int, int],
+    scale: float,
+    crop_box: tuple[int, int, int, int],
+    flip: bool,
+) -> np.ndarray:
+    """Map (x, y) points of an [H, W] image through scale, crop and horizontal flip.
+
+    Args:
+        points_xy: [N, 2] (x, y) in the original image.
+        size: (H, W) of the original image.
+        scale, crop_box, flip: as in :func:`transform_instances`.
+
+    Returns:
+        [N, 2] float32 (x, y) in the crop; they may lie outside it.
+    """
+    points_xy = np.asarray(points_xy, dtype=np.float64)
+    if points_xy.ndim != 2 or points_xy.shape[1] != 2:
+        raise ValueError(f"points_xy: expected shape [N, 2], got {points_xy.shape}")
+    height, width = size
+    out_h, out_w = scaled_size(height, width, scale)
+    x0, y0, x1, _ = _check_crop_box(crop_box)
+    # Pixel-center convention: the ratio of the actual sizes, not `scale`, keeps points on
+    # the pixels nearest-neighbour resampling takes them to.
+    x = (points_xy[:, 0] + 0.5) * (out_w / width) - 0.5 - x0
+    y = (points_xy[:, 1] + 0.5) * (out_h / height) - 0.5 - y0
+    if flip:
+        x = (x1 - x0 - 1) - x
+    return np.stack([x, y], axis=1).astype(np.float32)
+
+
+def transform_instances(
+    instance_map: np.ndarray,
+    centers_xy: np.ndarray,
+    scale: float,
+    crop_box: tuple[int, int, int, int],
+    flip: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the training augmentation (scale, crop, horizontal flip) to instances.
+
+    Args:
+        instance_map: [H, W] integer; 0 = none, k = instance k.
+        centers_xy: [N, 2] (x, y) instance centers.
+        scale: resize factor; the scaled size is :func:`scaled_size`. Resampling is
+            nearest-neighbour with pixel centers aligned (as ``F.interpolate(mode=
+            "nearest-exact")``): scaled pixel j reads source pixel floor((j + 0.5) * W / W').
+        crop_box: (x0, y0, x1, y1), exclusive end, in the scaled image. It may extend past
+            the scaled image; the outside reads 0 (no instance).
+        flip: mirror the crop horizontally (x -> (w - 1) - x).
+
+    Returns:
+        instance_map: [y1 - y0, x1 - x0], same dtype.
+        centers_xy: [N, 2] float32 (x, y) in the crop. Every instance keeps its row even if it
+            has no pixel left in the crop (its center may lie outside; its Gaussian tail
+            still belongs on the center map).
+    """
+    instance_map = np.asarray(instance_map)
+    if instance_map.ndim != 2:
+        raise ValueError(f"instance_map: expected a 2-D [H, W] map, got shape {instance_map.shape}")
+    height, width = instance_map.shape
+    out_h, out_w = scaled_size(height, width, scale)
+    x0, y0, x1, y1 = _check_crop_box(crop_box)
+
+    # One gather from the source map: crop pixel -> scaled pixel -> source pixel.
+    cols = np.arange(x0, x1)
+    if flip:
+        cols = cols[::-1]
+    src_rows = _nearest_source(np.arange(y0, y1), height, out_h)
+    src_cols = _nearest_source(cols, width, out_w)
+    valid = (src_rows >= 0)[:, None] & (src_cols >= 0)[None, :]
+    gathered = instance_map[np.maximum(src_rows, 0)[:, None], np.maximum(src_cols, 0)[None, :]]
+    transformed = np.where(valid, gathered, 0).astype(instance_map.dtype)
+
+    centers = transform_points(centers_xy, (height, width), scale, crop_box, flip)
+    return transformed, centers
+
+
+def _nearest_source(scaled_index: np.ndarray, source_len: int, scaled_len: int) -> np.ndarray:
+    """Source index of each scaled pixel index (nearest, pixel centers aligned); -1 outside."""
+    source = np.floor((scaled_index + 0.5) * (source_len / scaled_len)).astype(np.intp)
+    inside = (scaled_index >= 0) & (scaled_index < scaled_len)
+    return np.where(inside, np.minimum(source, source_len - 1), -1)
+
+
+def _check_crop_box(crop_box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    if len(crop_box) != 4:
+        raise ValueError(f"crop_box: expected (x0, y0, x1, y1), got {crop_box!r}")
+    x0, y0, x1, y1 = (int(v) for v in crop_box)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"crop_box: must have x1 > x0 and y1 > y0, got {crop_box!r}")
+    return x0, y0, x1, y1
+
+
+def _check_centers(
+    centers_xy: Tensor, classes: Tensor, centers_name: str, classes_name: str
+) -> None:
+    if centers_xy.dim() != 2 or centers_xy.shape[1] != 2:
+        raise ValueError(f"{centers_name}: expected [N, 2], got shape {tuple(centers_xy.shape)}")
+    if tuple(classes.shape) != (len(centers_xy),):
+        raise ValueError(
+            f"{classes_name}: expected shape ({len(centers_xy)},), got {tuple(classes.shape)}"
+        )
