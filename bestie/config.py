@@ -73,7 +73,7 @@ class ClassifierParams:
     crop_size: int = _f(128, min=16)
     scale_min: float = _f(0.7, min=0.1)
     scale_max: float = _f(1.3, min=0.1)
-    workers: int = _f(2, min=0)
+    workers: int = _f(0, min=0)  # loader processes; 0 is fastest on a small CPU machine
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,23 @@ class PeaksParams:
     max_per_class: int = _f(25, min=1)
     score_thresh: float = _f(0.1, min=0.0, max=1.0)
     pseudo_thresh: float = _f(0.7, min=0.0, max=1.0)  # only peaks above it are used downstream
+    batch_size: int = _f(16, min=1)  # images of different sizes are padded to the largest
+
+    def __post_init__(self) -> None:
+        for name in ("smooth_kernel", "nms_kernel"):  # centred windows need odd sizes
+            if getattr(self, name) % 2 == 0:
+                raise BestieError(f"params: peaks.{name} must be odd, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class WSSSParams:
+    """Semantic pseudo labels: CAMs of a classifier, refined to follow image edges (METHOD.md §2)."""
+
+    alpha: float = _f(0.0, min=0.0, max=1.0)  # PAM threshold of the CAM classifier (0: plain CAM)
+    epochs: int = _f(15, min=1)
+    scales: list[float] = _f([1.0, 0.75, 1.25])
+    flip: bool = _f(True)
+    bg_threshold: float = _f(0.3, min=0.0, max=1.0)
     batch_size: int = _f(16, min=1)
 
 
@@ -127,6 +144,7 @@ class TrainParams:
     workers: int = _f(2, min=0)
     checkpoint_every: int = _f(500, min=1)
     log_every: int = _f(20, min=1)
+    resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,7 @@ class Params:
     synthesize: SynthesizeParams = field(default_factory=SynthesizeParams)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     peaks: PeaksParams = field(default_factory=PeaksParams)
+    wsss: WSSSParams = field(default_factory=WSSSParams)
     pseudo_labels: PseudoLabelParams = field(default_factory=PseudoLabelParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)

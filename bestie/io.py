@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "atomic_file", "write_json", "read_json"]
+__all__ = ["atomic_dir", "atomic_file", "write_json", "read_json", "write_tsv"]
 
 
 @contextlib.contextmanager
@@ -72,3 +72,11 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(handle)
     except json.JSONDecodeError as err:
         raise BestieError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def write_tsv(path: str | os.PathLike, columns: tuple[str, ...], rows: list[dict]) -> None:
+    """Write ``rows`` as a tab-separated table (a DVC plots file), atomically."""
+    with atomic_file(path) as handle:
+        handle.write("\t".join(columns) + "\n")
+        for row in rows:
+            handle.write("\t".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in columns) + "\n")

@@ -1,0 +1,68 @@
+"""DVC stage `pseudo_labels`: semantic knowledge transfer, WSSS maps + points -> instance pseudo labels.
+
+- cls: the peaks of the PAM classifier above `peaks.pseudo_thresh`; centers are centroids;
+- point: the given points; centers are the points;
+- full: the ground-truth instances (the upper bound).
+"""
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bestie.config import Params
+from bestie.data.manifest import load_manifest
+from bestie.data.png import read_label_png
+from bestie.data.voc import VOCDataset
+from bestie.errors import BestieError
+from bestie.io import atomic_dir, write_json
+from bestie.peaks import read_peaks
+from bestie.pseudo_labels import pseudo_label_metrics, save_pseudo_labels
+from bestie.stage import run_stage
+from bestie.transfer import filter_points, instances_from_ground_truth, semantic_knowledge_transfer
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    manifest = load_manifest(Path(args.prepared) / "manifest.json")
+    voc = VOCDataset(params.data.root, params.data.train_split)
+    peaks = read_peaks(args.peaks)
+    options = params.pseudo_labels
+    results, ground_truth = {}, {}
+    for record in tqdm(manifest.train, desc="pseudo labels", disable=None):
+        if record.has_masks:
+            ground_truth[record.name] = voc.ground_truth(record.name)
+        if params.supervision == "full":
+            if not record.has_masks:
+                raise BestieError(f"supervision full: training image {record.name} has no masks")
+            results[record.name] = instances_from_ground_truth(
+                voc.read_object_map(record.name), voc.read_class_map(record.name)
+            )
+            continue
+        path = Path(args.wsss) / f"{record.name}.png"
+        if not path.is_file():
+            raise BestieError(f"{path}: WSSS map not found; re-run the wsss stage")
+        table = peaks.get(record.name)
+        if table is None:
+            raise BestieError(f"{args.peaks}: no entry for training image {record.name}; re-run the peaks stage")
+        points, classes = filter_points(
+            table[:, :2], table[:, 2].astype(int), table[:, 3], params.peaks.pseudo_thresh
+        )
+        results[record.name] = semantic_knowledge_transfer(
+            read_label_png(path), points, classes, min_size=options.min_size,
+            center="point" if params.supervision == "point" else "centroid",
+            connectivity=options.connectivity,
+        )
+    with atomic_dir(args.out) as tmp:
+        save_pseudo_labels(tmp, results)
+    write_json(args.metrics, pseudo_label_metrics(results, ground_truth))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--wsss", default="data/wsss")
+    parser.add_argument("--peaks", default="data/peaks/peaks.tsv")
+    parser.add_argument("--out", default="data/pseudo_labels")
+    parser.add_argument("--metrics", default="metrics/pseudo_labels.json")
+    args = parser.parse_args()
+    run_stage(lambda params: main(params, args))
