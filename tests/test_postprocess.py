@@ -1,0 +1,234 @@
+"""Post-processing (METHOD.md §7) and the grouping primitives, on hand-built outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bestie.postprocess import (
+    Instances,
+    group_pixels,
+    max_filter,
+    merge_flip,
+    postprocess,
+    postprocess_batch,
+)
+
+S, C = 64, 2  # network resolution S x S, two classes
+YS = torch.arange(S, dtype=torch.float32)[:, None].expand(S, S)
+XS = torch.arange(S, dtype=torch.float32)[None, :].expand(S, S)
+
+
+def box(y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
+    mask = torch.zeros(S, S, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+# Two touching class-0 objects (one component) whose centers lie 22 px apart (beyond the
+# radius of the 41 px NMS window), a centerless class-1 component, and a class-1 speck
+# smaller than min_size.
+LEFT, RIGHT = box(10, 5, 30, 27), box(10, 27, 30, 49)
+CENTERLESS = box(40, 40, 56, 60)
+SPECK = box(2, 55, 7, 60)  # 25 px
+
+
+def scene() -> dict[str, torch.Tensor]:
+    """{"seg": [C+1, S, S], "center": [C, S, S], "offset": [2, S, S]} of the scene above."""
+    seg = torch.zeros(C + 1, S, S)
+    seg[0] = 2.0
+    seg[1][LEFT] = 6.0
+    seg[1][RIGHT] = 3.0  # less confident: lower mean probability
+    seg[2][CENTERLESS | SPECK] = 5.0
+    center = torch.zeros(C, S, S)
+    center[0, 19, 16] = 0.9  # left object's center (y, x)
+    center[0, 19, 38] = 0.7  # right object's center
+    center[1][CENTERLESS] = 0.02
+    center[1, 45, 50] = 0.08  # the component's largest center value, below the threshold
+    offset = torch.zeros(2, S, S)
+    for mask, (cy, cx) in ((LEFT, (19, 16)), (RIGHT, (19, 38))):
+        offset[0][mask] = (cy - YS)[mask] + 1.0  # votes near, not on, the centers
+        offset[1][mask] = (cx - XS)[mask] - 1.0
+    offset[:, SPECK] = 30.0
+    return {"seg": seg, "center": center, "offset": offset}
+
+
+def mean_prob(seg: torch.Tensor, mask: torch.Tensor, cls: int) -> float:
+    return float(seg.softmax(0)[cls + 1][mask].mean())
+
+
+def run(outputs: dict[str, torch.Tensor], **kwargs) -> Instances:
+    kwargs.setdefault("image_size", (S, S))
+    return postprocess(outputs["seg"], outputs["center"], outputs["offset"], **kwargs)
+
+
+def test_touching_objects_split_by_centers_and_small_components_dropped():
+    outputs = scene()
+    result = run(outputs)
+    assert result.masks.shape == (3, S, S) and result.masks.dtype == bool
+    assert result.classes.dtype == np.int64 and result.scores.dtype == np.float32
+    np.testing.assert_array_equal(result.classes, [0, 0, 1])
+    np.testing.assert_array_equal(result.masks[0], LEFT.numpy())
+    np.testing.assert_array_equal(result.masks[1], RIGHT.numpy())
+    np.testing.assert_array_equal(result.masks[2], CENTERLESS.numpy())  # the speck is gone
+    seg = outputs["seg"]
+    expected = [
+        0.9 * mean_prob(seg, LEFT, 0),
+        0.7 * mean_prob(seg, RIGHT, 0),
+        0.08 * mean_prob(seg, CENTERLESS, 1),
+    ]
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-5)
+
+
+def test_scores_are_sorted_descending():
+    outputs = scene()
+    outputs["center"][0, 19, 16] = 0.2  # the left object now scores below the right one
+    result = run(outputs)
+    assert np.all(np.diff(result.scores) <= 0)
+    np.testing.assert_array_equal(result.masks[0], RIGHT.numpy())
+    np.testing.assert_array_equal(result.masks[1], LEFT.numpy())
+
+
+def test_min_size_and_threshold_are_respected():
+    outputs = scene()
+    result = run(outputs, min_size=10)
+    assert any(np.array_equal(m, SPECK.numpy()) for m in result.masks)
+    # A threshold above 0.7 leaves one peak: the whole component is one instance.
+    result = run(outputs, center_threshold=0.8)
+    np.testing.assert_array_equal(result.masks[0], (LEFT | RIGHT).numpy())
+    assert len(result) == 2
+
+
+def test_component_without_center_is_one_instance():
+    outputs = scene()
+    outputs["center"].zero_()
+    result = run(outputs)
+    np.testing.assert_array_equal(result.classes, [0, 1])
+    np.testing.assert_array_equal(result.masks[0], (LEFT | RIGHT).numpy())
+    np.testing.assert_array_equal(result.scores, [0.0, 0.0])  # no center evidence at all
+
+
+def test_masks_are_returned_at_the_original_image_size():
+    outputs = scene()
+    result = run(outputs, image_size=(100, 80))
+    assert result.masks.shape == (3, 100, 80)
+    small = run(outputs)
+    small_masks = torch.from_numpy(small.masks)[None].float()
+    reference = F.interpolate(small_masks, size=(100, 80), mode="nearest-exact")
+    np.testing.assert_array_equal(result.masks, reference[0].bool().numpy())
+    np.testing.assert_array_equal(result.scores, small.scores)
+
+
+def test_flip_merge_of_a_flipped_copy_gives_the_original():
+    outputs = scene()
+    flipped = {k: v.flip(-1) for k, v in outputs.items()}
+    flipped["offset"][1] *= -1  # what the network predicts on the flipped image
+    merged = merge_flip(outputs, flipped)
+    for key in ("seg", "center", "offset"):
+        torch.testing.assert_close(merged[key], outputs[key])
+    a, b = run(merged), run(outputs)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_flip_merge_averages_and_works_on_batches():
+    outputs = {
+        "seg": torch.zeros(1, 2, 1, 2),
+        "center": torch.zeros(1, 1, 1, 2),
+        "offset": torch.zeros(1, 2, 1, 2),
+    }
+    flipped = {
+        "seg": torch.tensor([[[[2.0, 4.0]], [[0.0, 0.0]]]]),
+        "center": torch.tensor([[[[0.2, 0.6]]]]),
+        "offset": torch.tensor([[[[1.0, 3.0]], [[5.0, 7.0]]]]),
+    }
+    merged = merge_flip(outputs, flipped)
+    torch.testing.assert_close(merged["seg"][0, 0, 0], torch.tensor([2.0, 1.0]))
+    torch.testing.assert_close(merged["center"][0, 0, 0], torch.tensor([0.3, 0.1]))
+    torch.testing.assert_close(merged["offset"][0, :, 0], torch.tensor([[1.5, 0.5], [-3.5, -2.5]]))
+    with pytest.raises(ValueError, match="offset"):
+        merge_flip(outputs, {"seg": flipped["seg"], "center": flipped["center"]})
+
+
+def test_point_guided_uses_the_given_points():
+    outputs = scene()
+    outputs["center"].zero_()  # no peaks: the points alone must split the component
+    points_xy = torch.tensor([[16.0, 19.0], [38.0, 19.0], [0.0, 0.0]])
+    point_classes = torch.tensor([0, 0, -1])
+    result = run(outputs, points=(points_xy, point_classes))
+    # Class 1 has no point: its component is dropped.
+    np.testing.assert_array_equal(result.classes, [0, 0])
+    np.testing.assert_array_equal(result.masks[0], LEFT.numpy())
+    np.testing.assert_array_equal(result.masks[1], RIGHT.numpy())
+    seg = outputs["seg"]
+    expected = [mean_prob(seg, LEFT, 0), mean_prob(seg, RIGHT, 0)]
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-5)
+
+
+def test_point_that_receives_no_pixels_yields_no_instance():
+    outputs = scene()
+    points_xy = torch.tensor([[16.0, 19.0], [2.0, 60.0]])  # the second is far from every vote
+    result = run(outputs, points=(points_xy, torch.tensor([0, 0])))
+    assert len(result) == 1
+    np.testing.assert_array_equal(result.masks[0], (LEFT | RIGHT).numpy())
+
+
+def test_empty_prediction_has_correctly_shaped_arrays():
+    outputs = scene()
+    outputs["seg"][0] = 100.0  # background everywhere
+    result = run(outputs, image_size=(30, 20))
+    assert result.masks.shape == (0, 30, 20) and result.masks.dtype == bool
+    assert result.classes.shape == (0,) and result.classes.dtype == np.int64
+    assert result.scores.shape == (0,) and result.scores.dtype == np.float32
+
+
+def test_postprocess_batch_matches_single_images():
+    first, second = scene(), scene()
+    second["center"].zero_()
+    outputs = {k: torch.stack([first[k], second[k]]) for k in first}
+    results = postprocess_batch(outputs, [(S, S), (50, 70)], min_size=30)
+    for result, single, size in zip(results, (first, second), [(S, S), (50, 70)]):
+        expected = run(single, image_size=size, min_size=30)
+        np.testing.assert_array_equal(result.masks, expected.masks)
+        np.testing.assert_array_equal(result.classes, expected.classes)
+        np.testing.assert_array_equal(result.scores, expected.scores)
+    with pytest.raises(ValueError, match="image_sizes"):
+        postprocess_batch(outputs, [(S, S)])
+
+
+def test_bad_output_shapes_are_rejected():
+    outputs = scene()
+    with pytest.raises(ValueError, match="seg_logits"):
+        postprocess(outputs["seg"][:C], outputs["center"], outputs["offset"], image_size=(S, S))
+    with pytest.raises(ValueError, match="seg_logits"):
+        postprocess(outputs["seg"], outputs["center"], outputs["offset"][:1], image_size=(S, S))
+
+
+# --------------------------------------------------------------------------------------
+# primitives
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 15, 41])
+def test_max_filter_equals_max_pool(kernel: int):
+    x = torch.randn(3, 37, 50)
+    expected = F.max_pool2d(x[None], kernel, stride=1, padding=kernel // 2)[0]
+    assert torch.equal(max_filter(x, kernel), expected)
+
+
+def test_max_filter_rejects_even_kernels():
+    with pytest.raises(ValueError, match="kernel"):
+        max_filter(torch.zeros(4, 4), 4)
+
+
+def test_group_pixels_nearest_center_of_own_group():
+    votes = torch.tensor([[0.0, 0.0], [0.0, 9.0], [0.0, 5.0], [0.0, 0.0], [3.0, 3.0]])
+    pixel_group = torch.tensor([0, 0, 0, 1, 2])
+    centers = torch.tensor([[0.0, 10.0], [0.0, 1.0], [0.0, 2.0], [0.0, 0.0]])
+    center_group = torch.tensor([0, 0, 1, 3])
+    owner = group_pixels(votes, pixel_group, centers, center_group, num_groups=4)
+    # pixel 2 is 4 from center 1 and 5 from center 0; pixel 3 may only use center 2 (its
+    # group), although center 3 is nearer; group 2 has no center.
+    assert owner.tolist() == [1, 0, 1, 2, -1]
