@@ -8,6 +8,7 @@
 import argparse
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from bestie.config import Params
@@ -20,6 +21,8 @@ from bestie.peaks import read_peaks
 from bestie.pseudo_labels import pseudo_label_metrics, save_pseudo_labels
 from bestie.stage import run_stage
 from bestie.transfer import filter_points, instances_from_ground_truth, semantic_knowledge_transfer
+
+NO_PEAKS = np.zeros((0, 4), dtype=np.float32)
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -41,9 +44,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         path = Path(args.wsss) / f"{record.name}.png"
         if not path.is_file():
             raise BestieError(f"{path}: WSSS map not found; re-run the wsss stage")
-        table = peaks.get(record.name)
-        if table is None:
-            raise BestieError(f"{args.peaks}: no entry for training image {record.name}; re-run the peaks stage")
+        table = peaks.get(record.name, NO_PEAKS)  # images without peaks are not in the table
         points, classes = filter_points(
             table[:, :2], table[:, 2].astype(int), table[:, 3], params.peaks.pseudo_thresh
         )
