@@ -12,7 +12,7 @@ from bestie.data.transforms import normalize
 from bestie.models import BestieNet
 from bestie.postprocess import Instances, merge_flip, postprocess
 
-__all__ = ["load_bestie", "predict_instances"]
+__all__ = ["load_bestie", "predict_batch", "predict_instances"]
 
 
 def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module, dict]:
@@ -26,7 +26,55 @@ def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module
     return model.to(device).eval(), checkpoint
 
 
+def _pad_batch(images: list[np.ndarray], multiple: int = 8) -> torch.Tensor:
+    """Normalise and zero-pad (the mean colour, after normalisation) to one [B, 3, H, W] batch."""
+    height = -(-max(im.shape[0] for im in images) // multiple) * multiple
+    width = -(-max(im.shape[1] for im in images) // multiple) * multiple
+    batch = torch.zeros(len(images), 3, height, width)
+    for i, image in enumerate(images):
+        batch[i, :, : image.shape[0], : image.shape[1]] = normalize(image)
+    return batch
+
+
 @torch.no_grad()
+def predict_batch(
+    model: nn.Module,
+    images: list[np.ndarray],
+    device: torch.device,
+    options: EvaluateParams,
+    points: list[np.ndarray | None] | None = None,
+) -> list[Instances]:
+    """Instances of several images of any sizes, each at its own size.
+
+    The images are padded into one batch (and its mirror image when ``options.flip``),
+    run through ``model`` once, and each image's region of the outputs is post-processed.
+
+    Args:
+        model: a BestieNet in eval mode.
+        images: [H_i, W_i, 3] uint8 RGB.
+        options: flip averaging and post-processing thresholds.
+        points: per image, None or [P, 3] (x, y, class) given points (point-guided inference).
+    """
+    batch = _pad_batch(images).to(device)
+    outputs = model(batch)
+    if options.flip:
+        flipped = model(batch.flip(-1))
+        outputs = merge_flip(outputs, flipped)
+    results = []
+    for i, image in enumerate(images):
+        height, width = image.shape[:2]
+        seg, center, offset = (outputs[k][i, :, :height, :width] for k in ("seg", "center", "offset"))
+        guide = None
+        if points is not None and points[i] is not None:
+            given = points[i]
+            guide = (torch.from_numpy(given[:, :2].astype(np.float32)), torch.from_numpy(given[:, 2].astype(np.int64)))
+        results.append(postprocess(
+            seg, center, offset, image_size=(height, width), min_size=options.min_size,
+            center_threshold=options.center_thresh, nms_kernel=options.nms_kernel, points=guide,
+        ))
+    return results
+
+
 def predict_instances(
     model: nn.Module,
     image: np.ndarray,
@@ -34,26 +82,5 @@ def predict_instances(
     options: EvaluateParams,
     points: np.ndarray | None = None,
 ) -> Instances:
-    """Instances of one image at its own size.
-
-    Args:
-        model: a BestieNet in eval mode.
-        image: [H, W, 3] uint8 RGB.
-        options: flip averaging and post-processing thresholds.
-        points: optional [P, 3] (x, y, class) given points for point-guided inference.
-    """
-    height, width = image.shape[:2]
-    batch = normalize(image)[None].to(device)
-    if options.flip:
-        both = model(torch.cat([batch, batch.flip(-1)]))
-        outputs = merge_flip({k: v[:1] for k, v in both.items()}, {k: v[1:] for k, v in both.items()})
-    else:
-        outputs = model(batch)
-    guide = None
-    if points is not None:
-        guide = (torch.from_numpy(points[:, :2].astype(np.float32)), torch.from_numpy(points[:, 2].astype(np.int64)))
-    return postprocess(
-        outputs["seg"][0], outputs["center"][0], outputs["offset"][0],
-        image_size=(height, width), min_size=options.min_size,
-        center_threshold=options.center_thresh, nms_kernel=options.nms_kernel, points=guide,
-    )
+    """Instances of one image ([H, W, 3] uint8) at its own size; see :func:`predict_batch`."""
+    return predict_batch(model, [image], device, options, None if points is None else [points])[0]
