@@ -23,13 +23,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from bestie.config import TrainParams, to_dict
+from bestie.config import TrainParams
 from bestie.distributed import DistContext, all_reduce_mean
 from bestie.losses import hard_pixel_cross_entropy, weighted_l1, weighted_mse
 from bestie.refine import refine_image_level, refine_point_level
 from bestie.runtime import autocast
 
-__all__ = ["IterationBatches", "poly_lr", "compute_losses", "train_bestie", "TrainState"]
+__all__ = ["IterationBatches", "poly_lr", "compute_losses", "self_refine", "train_bestie", "TrainState"]
 
 
 class IterationBatches(Sampler):
@@ -191,10 +191,9 @@ def train_bestie(
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     model.train()
-    progress = tqdm(
-        total=params.iterations, initial=state.iteration, desc="train", disable=not context.is_main or None,
-        dynamic_ncols=True,
-    )
+    # A bar with an ETA on the main process (None: only when attached to a terminal).
+    progress = tqdm(total=params.iterations, initial=state.iteration, desc="train",
+                    disable=None if context.is_main else True, dynamic_ncols=True)
     refine_from = params.refine_iter if params.refine else math.inf
     started = time.perf_counter()
     for iteration, batch in enumerate(loader, start=state.iteration):
@@ -235,7 +234,3 @@ def train_bestie(
             save_state(network, TrainState(done, optimizer.state_dict(), scaler.state_dict()))
     progress.close()
     return network
-
-
-def config_of(params: TrainParams) -> dict:
-    return to_dict(params)
