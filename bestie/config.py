@@ -62,18 +62,23 @@ class ClassifierParams:
     """The PAM multi-label classifier whose class maps give the peak points (METHOD.md §1)."""
 
     backbone: str = _f("small", choices=("small", "vgg16"))
+    width: int = _f(16, min=8)  # small backbone only: channels of its first stage (even)
     pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
     alpha: float = _f(0.7, min=0.0, max=1.0)  # PAM threshold; 0 gives a plain CAM classifier
     epochs: int = _f(15, min=1)
     lr_steps: list[int] = _f([5, 10])  # epochs at which the lr is divided by 10
     batch_size: int = _f(16, min=1)
-    optimizer: str = _f("sgd", choices=("sgd", "adam"))  # sgd: momentum 0.9
+    optimizer: str = _f("adam", choices=("adam", "sgd"))  # sgd: momentum 0.9
     lr: float = _f(1e-3, min=0.0)
     weight_decay: float = _f(1e-4, min=0.0)
     crop_size: int = _f(128, min=16)
     scale_min: float = _f(0.7, min=0.1)
     scale_max: float = _f(1.3, min=0.1)
     workers: int = _f(0, min=0)  # loader processes; 0 is fastest on a small CPU machine
+
+    def __post_init__(self) -> None:
+        if self.width % 2:
+            raise BestieError(f"params: classifier.width must be even, got {self.width}")
 
 
 @dataclass(frozen=True)
@@ -96,14 +101,17 @@ class PeaksParams:
 
 @dataclass(frozen=True)
 class WSSSParams:
-    """Semantic pseudo labels: CAMs of a classifier, refined to follow image edges (METHOD.md §2)."""
+    """Semantic pseudo labels: CAMs of the classifier, refined to follow image edges (METHOD.md §2)."""
 
-    alpha: float = _f(0.0, min=0.0, max=1.0)  # PAM threshold of the CAM classifier (0: plain CAM)
-    epochs: int = _f(15, min=1)
+    alpha: float = _f(0.0, min=0.0, max=1.0)  # PAM threshold applied to the CAMs (0: plain CAM)
     scales: list[float] = _f([1.0, 0.75, 1.25])
     flip: bool = _f(True)
     bg_threshold: float = _f(0.3, min=0.0, max=1.0)
-    batch_size: int = _f(16, min=1)
+    pamr_dilations: list[int] = _f([1, 2, 4, 8])
+    pamr_iterations: int = _f(10, min=0)
+    temperature: float = _f(0.1, min=1e-6)  # softmax temperature of the refined scores
+    min_confidence: float = _f(0.6, min=0.0, max=1.0)  # below it a pixel becomes 255 (ignore)
+    gallery: int = _f(6, min=0)  # training images drawn in the gallery
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,43 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ExportCocoParams:
+    """BESTIE's predictions on the training images as COCO pseudo labels (METHOD.md §8).
+
+    Inference uses the ``evaluate`` section's flip and post-processing settings.
+    """
+
+    score_thresh: float = _f(0.3, min=0.0, max=1.0)  # instances scoring below it are dropped
+    point_guided: bool = _f(True)  # point supervision: the training points guide the grouping
+
+
+@dataclass(frozen=True)
+class MaskRCNNParams:
+    """torchvision's Mask R-CNN trained on the exported pseudo labels (METHOD.md §8)."""
+
+    backbone: str = _f("small_fpn", choices=("small_fpn", "resnet50_fpn"))
+    pretrained: bool = _f(False)  # ImageNet weights for resnet50_fpn (needs internet)
+    anchor_size: int = _f(16, min=1)  # anchors of the finest FPN level; doubles per level
+    min_size: list[int] = _f([128])  # short side: drawn from the list in training, the last at test
+    max_size: int = _f(256, min=1)  # long side cap
+    iterations: int = _f(1500, min=1)
+    batch_size: int = _f(8, min=1)
+    optimizer: str = _f("sgd", choices=("sgd", "adamw"))  # sgd: momentum 0.9
+    lr: float = _f(0.02, min=0.0)
+    weight_decay: float = _f(1e-4, min=0.0)
+    warmup_iters: int = _f(100, min=0)
+    poly_power: float = _f(0.9, min=0.0)
+    flip: bool = _f(True)  # random horizontal flips in training
+    score_thresh: float = _f(0.05, min=0.0, max=1.0)  # detections kept at inference
+    detections_per_image: int = _f(50, min=1)
+    mask_thresh: float = _f(0.5, min=0.0, max=1.0)  # soft mask -> binary mask
+    workers: int = _f(0, min=0)
+    checkpoint_every: int = _f(250, min=1)
+    log_every: int = _f(20, min=1)
+    resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
+
+
+@dataclass(frozen=True)
 class Params:
     supervision: str = _f("cls", choices=SUPERVISIONS)
     seed: int = _f(3407, min=0)
@@ -171,6 +216,8 @@ class Params:
     pseudo_labels: PseudoLabelParams = field(default_factory=PseudoLabelParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export_coco: ExportCocoParams = field(default_factory=ExportCocoParams)
+    maskrcnn: MaskRCNNParams = field(default_factory=MaskRCNNParams)
 
     def __post_init__(self) -> None:
         s = self.synthesize

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from bestie.checkpoint import load_checkpoint
 from bestie.evaluation import voc_instance_map
 
 from .helpers import clone_project, env_with_this_python, write_params
@@ -18,6 +22,11 @@ pytestmark = pytest.mark.slow
 # Small enough to run the whole DAG in CI, big enough that every stage sees real data.
 TINY = {
     "synthesize": {"num_train": 24, "num_val": 8},
+    "classifier": {"epochs": 1, "lr_steps": [], "batch_size": 8},
+    "train": {"iterations": 3, "batch_size": 4, "warmup_iters": 1, "workers": 0, "log_every": 1},
+    "export_coco": {"score_thresh": 0.0},
+    "maskrcnn": {"iterations": 2, "batch_size": 2, "log_every": 1},
+    "evaluate": {"gallery": 2},
 }
 
 
@@ -39,6 +48,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_writes_every_contract_output(project: Path) -> None:
+    for name in ("bestie", "maskrcnn"):
+        metrics = json.loads((project / f"metrics/{name}.json").read_text())
+        assert set(metrics) >= {"voc_map25", "voc_map50", "voc_map70", "voc_map75", "coco_ap", "coco_ap50", "coco_ap75"}
+        predictions = json.loads((project / f"data/eval/{name}/predictions.json").read_text())
+        assert isinstance(predictions, list)
+    for kind in ("pam", "bestie", "maskrcnn"):
+        assert load_checkpoint(project / f"data/models/{kind}.pt", kind=kind)["class_names"]
+    assert json.loads((project / "data/coco/train_pseudo.json").read_text())["categories"]
     stats = json.loads((project / "metrics/dataset.json").read_text())
     assert stats["images"] == 32
     gt = json.loads((project / "data/eval/val_gt.json").read_text())
@@ -54,7 +71,11 @@ def test_second_repro_changes_nothing(project: Path) -> None:
     assert "Data and pipelines are up to date" in result.stdout
 
 
-EDGES = {("synthesize", "prepare")}
+EDGES = {
+    ("synthesize", "prepare"), ("prepare", "classifier"), ("classifier", "peaks"), ("classifier", "wsss"),
+    ("peaks", "pseudo_labels"), ("wsss", "pseudo_labels"), ("pseudo_labels", "train"), ("train", "evaluate"),
+    ("train", "export_coco"), ("export_coco", "maskrcnn"),
+}
 
 
 def test_dag_chains_the_stages(project: Path) -> None:
@@ -64,9 +85,10 @@ def test_dag_chains_the_stages(project: Path) -> None:
 
 def test_metrics_show_is_a_clean_table(project: Path) -> None:
     shown = _dvc(project, "metrics", "show", "--json").stdout
-    metrics = json.loads(shown)
-    values = next(iter(metrics.values()))["data"]["metrics/dataset.json"]["data"]
-    assert all(isinstance(v, (int, float)) for v in values.values())
+    files = next(iter(json.loads(shown).values()))["data"]
+    assert {"metrics/dataset.json", "metrics/bestie.json", "metrics/maskrcnn.json"} <= set(files)
+    for name, content in files.items():  # flat keys, numbers only
+        assert all(isinstance(v, (int, float)) for v in content["data"].values()), name
 
 
 def test_bad_param_stops_repro_at_the_first_stage(project: Path) -> None:
@@ -82,4 +104,32 @@ def test_bad_param_stops_repro_at_the_first_stage(project: Path) -> None:
     finally:
         (project / "params.yaml").write_text(params)
         _dvc(project, "checkout", "-f")
+        _dvc(project, "repro")
+
+
+def test_killed_training_resumes_and_leaves_nothing_corrupt(project: Path) -> None:
+    """Kill `dvc repro` mid-training: no output is cached, and the next run resumes."""
+    params = (project / "params.yaml").read_text()
+    state_dir = project / "data/train_state"
+    try:
+        write_params(project / "params.yaml", {**TINY, "train": {**TINY["train"], "iterations": 40, "checkpoint_every": 2}})
+        run = subprocess.Popen(
+            ["dvc", "repro", "--single-item", "train"], cwd=project, env=env_with_this_python(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 600
+        while not list(state_dir.glob("*.pt")) and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        assert run.poll() is None, "training finished before it could be interrupted"
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        assert not (project / "data/models/bestie.pt").exists()  # nothing half-written to cache
+
+        resumed = _dvc(project, "repro", "--single-item", "train")
+        assert "resuming from iteration" in resumed.stdout + resumed.stderr
+        checkpoint = load_checkpoint(project / "data/models/bestie.pt", kind="bestie")
+        assert checkpoint["config"]["iterations"] == 40
+        assert not list(state_dir.glob("*.pt"))  # the finished run cleans up its state
+    finally:
+        (project / "params.yaml").write_text(params)
         _dvc(project, "repro")

@@ -1,0 +1,93 @@
+"""torch datasets over the manifest's records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from bestie.data.manifest import ImageRecord
+from bestie.data.transforms import normalize, sample_color_jitter, sample_geometric
+from bestie.data.voc import VOCDataset
+
+__all__ = ["ClassificationDataset", "multi_hot", "pad_collate"]
+
+
+def multi_hot(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Class indices -> [C] float32 with 1 at each index."""
+    target = torch.zeros(num_classes)
+    target[list(labels)] = 1.0
+    return target
+
+
+class ClassificationDataset(Dataset):
+    """Images with their image-level labels, for the multi-label (PAM) classifier.
+
+    Training examples are augmented (random scale in ``scale_range``, a random
+    ``crop_size`` crop padded with the mean colour, horizontal flip, colour jitter). The
+    randomness of example ``i`` in epoch ``e`` comes from a generator seeded with
+    ``(seed, e, i)``, so augmentation does not depend on the number of loader workers;
+    call :meth:`set_epoch` before each epoch.
+
+    Evaluation examples (``train=False``) are the images as they are, at their own sizes:
+    batch them one at a time, or with :func:`pad_collate` where padding does not matter.
+
+    Items: ``(image [3, H, W] float32 normalised, labels [C] float32 multi-hot)``.
+    """
+
+    def __init__(
+        self,
+        images: VOCDataset,
+        records: Sequence[ImageRecord],
+        num_classes: int,
+        *,
+        crop_size: int = 128,
+        scale_range: tuple[float, float] = (0.7, 1.3),
+        train: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.images = images
+        self.records = list(records)
+        self.num_classes = num_classes
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        record = self.records[index]
+        image = self.images.read_image(record.name)
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            transform = sample_geometric(rng, image.shape[:2], self.crop_size, self.scale_range)
+            image = sample_color_jitter(rng)(transform.apply_image(image))
+        return normalize(image), multi_hot(record.labels, self.num_classes)
+
+
+def pad_collate(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack images of different sizes by padding them at the bottom and right.
+
+    The padding is 0, the mean colour after normalisation.
+
+    Returns:
+        images [B, 3, H_max, W_max], labels [B, C], sizes [B, 2] int64 (height, width).
+    """
+    images, labels = zip(*batch)
+    sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.int64)
+    height, width = sizes.max(dim=0).values.tolist()
+    padded = torch.stack(
+        [F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2])) for image in images]
+    )
+    return padded, torch.stack(labels), sizes

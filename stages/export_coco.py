@@ -1,0 +1,86 @@
+"""DVC stage `export_coco`: the trained BESTIE network's instances on every training image, as a
+COCO instances file of pseudo labels for Mask R-CNN (METHOD.md §8).
+
+Inference uses the `evaluate` section's flip and post-processing settings; instances scoring
+below `export_coco.score_thresh` are dropped. With point supervision and
+`export_coco.point_guided`, the training points guide the grouping (one instance a point).
+The pseudo labels' quality against the training masks (where the dataset has them) goes to
+the metrics file, as a diagnostic only: nothing downstream trains on those masks.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bestie.coco import build_coco, masks_to_annotations
+from bestie.config import Params
+from bestie.data.manifest import load_manifest
+from bestie.data.voc import VOCDataset
+from bestie.evaluation import evaluate_instances
+from bestie.inference import load_bestie, predict_instances
+from bestie.io import read_json, write_json
+from bestie.runtime import select_device
+from bestie.stage import run_stage
+
+
+def pseudo_label_statistics(coco: dict, train_gt: dict) -> dict[str, float]:
+    """Counts of the exported file, and its instance metrics against the training split's masks."""
+    images, annotations = coco["images"], coco["annotations"]
+    annotated = {a["image_id"] for a in annotations}
+    stats = {
+        "images": len(images),
+        "images_with_instances": len(annotated),
+        "instances": len(annotations),
+        "instances_per_image": round(len(annotations) / max(1, len(images)), 4),
+    }
+    measured = {image["id"] for image in train_gt["images"]}
+    if train_gt["annotations"]:
+        results = [
+            {k: a[k] for k in ("image_id", "category_id", "segmentation", "score")}
+            for a in annotations if a["image_id"] in measured
+        ]
+        stats |= {f"train_{k}": v for k, v in evaluate_instances(train_gt, results).items()}
+    return stats
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    manifest = load_manifest(Path(args.prepared) / "manifest.json")
+    device = select_device(args.device)
+    model, _ = load_bestie(args.model, device, class_names=manifest.class_names)
+    voc = VOCDataset(params.data.root, params.data.train_split)
+    options = params.export_coco
+    point_guided = params.supervision == "point" and options.point_guided
+    images, annotations = [], []
+    for record in tqdm(manifest.train, desc="export_coco", disable=None):
+        instances = predict_instances(
+            model, voc.read_image(record.name), device, params.evaluate,
+            points=record.points if point_guided else None,
+        )
+        keep = np.flatnonzero(instances.scores >= options.score_thresh)
+        images.append({"id": record.image_id, "file_name": record.file_name,
+                       "width": record.width, "height": record.height})
+        annotations += masks_to_annotations(
+            instances.masks[keep], instances.classes[keep], instances.scores[keep],
+            image_id=record.image_id, start_id=len(annotations) + 1,
+        )
+    coco = build_coco(images, annotations, manifest.class_names)
+    coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}
+    write_json(args.out, coco, indent=None)
+    stats = pseudo_label_statistics(coco, read_json(args.train_gt))
+    write_json(args.metrics, stats)
+    print(f"export_coco: {stats['instances']} instances on {stats['images_with_instances']} of "
+          f"{stats['images']} training images")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--model", default="data/models/bestie.pt")
+    parser.add_argument("--train-gt", default="data/prepared/train_gt.json")
+    parser.add_argument("--out", default="data/coco/train_pseudo.json")
+    parser.add_argument("--metrics", default="metrics/export_coco.json")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = parser.parse_args()
+    run_stage(lambda params: main(params, args))

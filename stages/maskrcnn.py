@@ -1,0 +1,89 @@
+"""DVC stage `maskrcnn`: Mask R-CNN trained on the exported pseudo labels, then evaluated on val.
+
+Interrupted runs resume from the last state checkpoint under `--state-dir` when the params and
+the pseudo labels are the same; the final model is written atomically at the end.
+"""
+
+import argparse
+from pathlib import Path
+
+from bestie.checkpoint import load_checkpoint, save_checkpoint
+from bestie.config import Params, to_dict
+from bestie.data.coco_dataset import CocoInstances
+from bestie.data.manifest import load_manifest
+from bestie.data.voc import VOCDataset
+from bestie.engine import TrainState
+from bestie.evaluate_split import predict_split, write_evaluation
+from bestie.fingerprint import run_fingerprint
+from bestie.io import write_tsv
+from bestie.maskrcnn import LOSS_NAMES, build_maskrcnn, predict_maskrcnn, train_maskrcnn
+from bestie.runtime import seed_everything, select_device
+from bestie.stage import run_stage
+
+LOG_COLUMNS = ("step", "loss", *LOSS_NAMES.values(), "lr", "seconds")
+# Knobs that do not change the trained weights: changing them still resumes.
+NOT_IN_FINGERPRINT = ("resume", "workers", "log_every", "checkpoint_every", "score_thresh",
+                      "detections_per_image", "mask_thresh")
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    seed_everything(params.seed)
+    device = select_device(args.device)
+    manifest = load_manifest(Path(args.prepared) / "manifest.json")
+    options = params.maskrcnn
+    dataset = CocoInstances(args.annotations, Path(params.data.root) / "JPEGImages", flip=options.flip)
+    model = build_maskrcnn(manifest.num_classes, options).to(device)
+    config = {**to_dict(options), "supervision": params.supervision, "seed": params.seed}
+
+    fingerprint = run_fingerprint(
+        {**{k: v for k, v in config.items() if k not in NOT_IN_FINGERPRINT}, "images": params.data.root},
+        [Path(args.annotations)],
+    )
+    state_path = Path(args.state_dir) / f"maskrcnn-{fingerprint}.pt"
+    state, history = TrainState(), []
+    if options.resume and state_path.is_file():
+        saved = load_checkpoint(state_path, kind="maskrcnn", class_names=manifest.class_names)
+        model.load_state_dict(saved["model"])
+        state = TrainState(saved["extra"]["iteration"], saved["extra"]["optimizer"])
+        history = saved["extra"]["history"]
+        print(f"resuming from iteration {state.iteration} ({state_path})")
+
+    def save_state(network, new_state: TrainState) -> None:
+        save_checkpoint(
+            state_path, network.state_dict(), kind="maskrcnn", config=config, class_names=manifest.class_names,
+            extra={"iteration": new_state.iteration, "optimizer": new_state.optimizer, "history": history},
+        )
+
+    model = train_maskrcnn(
+        model, dataset, options, device, seed=params.seed, state=state, save_state=save_state,
+        log=lambda step, scalars: history.append({"step": step, **scalars}),
+    )
+    save_checkpoint(args.out, model.state_dict(), kind="maskrcnn", config=config, class_names=manifest.class_names)
+    write_tsv(args.log, LOG_COLUMNS, history)
+
+    model.eval()
+    predictions = predict_split(
+        lambda image, record: predict_maskrcnn(model, image, device, options.mask_thresh),
+        VOCDataset(params.data.root, params.data.val_split), manifest.val, manifest.class_names,
+        gallery_size=params.evaluate.gallery, desc="maskrcnn val",
+    )
+    write_evaluation(predictions, args.val_gt, out_dir=args.eval_out, metrics_path=args.metrics,
+                     gallery_dir=args.gallery)
+    state_path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--annotations", default="data/coco/train_pseudo.json")
+    parser.add_argument("--val-gt", default="data/eval/val_gt.json")
+    parser.add_argument("--out", default="data/models/maskrcnn.pt")
+    parser.add_argument("--log", default="metrics/maskrcnn/log.tsv")
+    parser.add_argument("--eval-out", default="data/eval/maskrcnn")
+    parser.add_argument("--metrics", default="metrics/maskrcnn.json")
+    parser.add_argument("--gallery", default="metrics/gallery/maskrcnn")
+    parser.add_argument("--state-dir", default="data/train_state",
+                        help="resumable checkpoints (not a DVC output, so an interrupted run keeps them)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = parser.parse_args()
+    run_stage(lambda params: main(params, args))

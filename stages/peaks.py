@@ -1,0 +1,112 @@
+"""DVC stage `peaks`: instance cues for every training image, and how well they mark the objects.
+
+``supervision: cls``: the peaks of the PAM classifier's class maps (the image's own classes).
+``supervision: point`` / ``full``: the dataset's given points, score 1.0.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bestie.checkpoint import load_checkpoint
+from bestie.classification import classifier_from_checkpoint
+from bestie.coco import decode_segmentation
+from bestie.config import Params
+from bestie.data.datasets import ClassificationDataset
+from bestie.data.manifest import ImageRecord, Manifest, load_manifest
+from bestie.data.voc import GroundTruth, VOCDataset
+from bestie.errors import BestieError
+from bestie.io import atomic_dir, read_json, write_json
+from bestie.peaks import peak_statistics, predict_peaks, write_peaks
+from bestie.runtime import select_device
+from bestie.stage import run_stage
+
+
+def given_points(records: list[ImageRecord], manifest_path: str) -> list[np.ndarray]:
+    """The manifest's point labels as peaks: [K, 4] (x, y, class, 1.0) per image."""
+    peaks = []
+    for record in records:
+        if record.points is None:
+            raise BestieError(
+                f"{manifest_path}: training image {record.name} has no point labels "
+                "(no masks and no Center_points file); supervision point/full needs them"
+            )
+        peaks.append(np.concatenate([record.points, np.ones((len(record.points), 1), np.float32)], 1))
+    return peaks
+
+
+def classifier_peaks(params: Params, manifest: Manifest, model_path: str, device_name: str) -> list[np.ndarray]:
+    checkpoint = load_checkpoint(model_path, kind="pam", class_names=manifest.class_names)
+    model = classifier_from_checkpoint(checkpoint)
+    images = ClassificationDataset(
+        VOCDataset(params.data.root, params.data.train_split), manifest.train,
+        manifest.num_classes, train=False,
+    )
+    cfg = params.peaks
+    start = time.perf_counter()
+    peaks = predict_peaks(
+        model, images, [(r.height, r.width) for r in manifest.train],
+        batch_size=cfg.batch_size, flip=cfg.flip, device=select_device(device_name),
+        smooth_kernel=cfg.smooth_kernel, nms_kernel=cfg.nms_kernel,
+        max_per_class=cfg.max_per_class, score_thresh=cfg.score_thresh,
+    )
+    seconds = time.perf_counter() - start
+    print(f"peaks: {len(images)} images in {seconds:.1f} s ({len(images) / seconds:.1f} images/s)")
+    return peaks
+
+
+def ground_truth_by_id(coco: dict) -> dict[int, GroundTruth]:
+    """COCO instances -> image id -> GroundTruth (masks [N, H, W], 0-based classes [N])."""
+    annotations: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        annotations[annotation["image_id"]].append(annotation)
+    result = {}
+    for image in coco["images"]:
+        height, width, anns = image["height"], image["width"], annotations[image["id"]]
+        masks = np.zeros((len(anns), height, width), dtype=bool)
+        for i, annotation in enumerate(anns):
+            masks[i] = decode_segmentation(annotation["segmentation"], height, width)
+        classes = np.array([a["category_id"] - 1 for a in anns], dtype=np.int64)
+        result[image["id"]] = GroundTruth(masks=masks, classes=classes)
+    return result
+
+
+def main(params: Params, manifest_path: str, model_path: str, train_gt: str, out: str, metrics: str,
+         device_name: str) -> None:
+    manifest = load_manifest(manifest_path)
+    records = list(manifest.train)
+    if params.supervision == "cls":
+        peaks = classifier_peaks(params, manifest, model_path, device_name)
+    else:
+        peaks = given_points(records, manifest_path)
+
+    # Measured on the training images that have instance masks.
+    gt = ground_truth_by_id(read_json(train_gt))
+    measured = [i for i, record in enumerate(records) if record.image_id in gt]
+    stats = peak_statistics(
+        [peaks[i] for i in measured], [gt[records[i].image_id] for i in measured], params.peaks.pseudo_thresh
+    )
+    with atomic_dir(out) as tmp:
+        write_peaks(Path(tmp) / "peaks.tsv", [r.name for r in records], peaks)
+    write_json(metrics, stats)
+    print(
+        f"peaks: {stats['num_kept_peaks']} kept peaks on {stats['num_instances']} instances; "
+        f"one peak {stats['instances_one_peak']:.3f}, none {stats['instances_no_peak']:.3f}, "
+        f"several {stats['instances_multi_peak']:.3f}; precision {stats['peak_precision']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--manifest", default="data/prepared/manifest.json")
+    parser.add_argument("--model", default="data/models/pam.pt")
+    parser.add_argument("--train-gt", default="data/prepared/train_gt.json")
+    parser.add_argument("--out", default="data/peaks")
+    parser.add_argument("--metrics", default="metrics/peaks.json")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = parser.parse_args()
+    run_stage(
+        lambda params: main(params, args.manifest, args.model, args.train_gt, args.out, args.metrics, args.device)
+    )

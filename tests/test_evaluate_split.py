@@ -1,0 +1,65 @@
+"""The evaluation loop shared by the `evaluate` and `maskrcnn` stages, on the real VOC image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bestie.data.prepare import prepare_dataset
+from bestie.data.voc import VOCDataset
+from bestie.evaluate_split import predict_split, write_evaluation
+from bestie.postprocess import Instances
+
+METRIC_KEYS = {"voc_map25", "voc_map50", "voc_map70", "voc_map75", "coco_ap", "coco_ap50", "coco_ap75"}
+
+
+@pytest.fixture
+def val(tmp_path, voc_fixture_root):
+    manifest, _, val_gt = prepare_dataset(voc_fixture_root, "train", "val")
+    gt_path = tmp_path / "val_gt.json"
+    gt_path.write_text(json.dumps(val_gt))
+    return manifest, VOCDataset(voc_fixture_root, "val"), gt_path
+
+
+def test_ground_truth_as_predictions_scores_100(tmp_path, val):
+    manifest, voc, gt_path = val
+    seen = []
+
+    def predict(image, record):
+        seen.append((image.shape, record.name))
+        gt = voc.ground_truth(record.name)
+        return Instances(gt.masks, gt.classes, np.ones(len(gt), dtype=np.float32))
+
+    predictions = predict_split(predict, voc, manifest.val, manifest.class_names, gallery_size=1)
+    (record,) = manifest.val
+    assert seen == [((375, 500, 3), record.name)]
+    assert [r["image_id"] for r in predictions.results] == [record.image_id] * 2
+    assert predictions.gallery[record.name].shape == (12 + 375, 3 * 500 + 2 * 4, 3)  # title row, 3 panels
+
+    metrics = write_evaluation(
+        predictions, gt_path, out_dir=tmp_path / "eval", metrics_path=tmp_path / "metrics.json",
+        gallery_dir=tmp_path / "gallery",
+    )
+    assert set(metrics) == METRIC_KEYS and metrics["voc_map50"] == pytest.approx(100.0)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert json.loads((tmp_path / "eval/predictions.json").read_text()) == predictions.results
+    assert Image.open(tmp_path / f"gallery/{record.name}.png").size == (3 * 500 + 2 * 4, 12 + 375)
+
+
+def test_no_gallery_and_no_instances(tmp_path, val):
+    manifest, voc, gt_path = val
+
+    def predict(image, record):
+        return Instances(np.zeros((0, *image.shape[:2]), dtype=bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+    predictions = predict_split(predict, voc, manifest.val, manifest.class_names)
+    assert predictions.results == [] and predictions.gallery == {}
+    metrics = write_evaluation(
+        predictions, gt_path, out_dir=tmp_path / "eval", metrics_path=tmp_path / "metrics.json",
+        gallery_dir=tmp_path / "gallery",
+    )
+    assert metrics["voc_map50"] == 0.0
+    assert list((tmp_path / "gallery").iterdir()) == []
