@@ -43,6 +43,8 @@ def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = clone_project(tmp_path_factory.mktemp("pipeline"))
     write_params(project / "params.yaml", TINY)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run([*git, "commit", "-qam", "tiny params"], cwd=project, check=True)  # what --temp runs copy
     _dvc(project, "repro")
     return project
 
@@ -89,6 +91,19 @@ def test_metrics_show_is_a_clean_table(project: Path) -> None:
     assert {"metrics/dataset.json", "metrics/bestie.json", "metrics/maskrcnn.json"} <= set(files)
     for name, content in files.items():  # flat keys, numbers only
         assert all(isinstance(v, (int, float)) for v in content["data"].values()), name
+
+
+def test_plots_show_renders_curves_and_galleries(project: Path) -> None:
+    _dvc(project, "plots", "show", "--out", "plots")
+    assert (project / "plots/index.html").is_file()
+
+
+@pytest.mark.parametrize("supervision", ["point"])
+def test_other_supervisions_run_as_experiments(project: Path, supervision: str) -> None:
+    result = _dvc(project, "exp", "run", "--temp", "-S", f"supervision={supervision}")
+    assert "Ran experiment" in result.stdout + result.stderr
+    shown = json.loads(_dvc(project, "exp", "show", "--json").stdout)
+    assert shown  # the experiment is recorded with its metrics
 
 
 def test_bad_param_stops_repro_at_the_first_stage(project: Path) -> None:
