@@ -2,16 +2,22 @@
 
 image + image-level classes
   -> :func:`class_activation_maps`: the classifier's maps of the image's own classes,
-     averaged over scales and a horizontal flip, each scaled to peak at 1      [K, H, W]
-  -> :func:`with_background`: a constant background score in front            [K + 1, H, W]
+     averaged over scales and a horizontal flip, each scaled to peak at 1        [K, H, W]
+  -> :func:`with_background`: a constant background score in front              [K + 1, H, W]
   -> :func:`threshold_labels`: the raw map (arg max, no refinement), or
-  -> :func:`pamr` / :func:`dense_crf`: scores refined to follow image edges
-  -> :func:`confident_labels`: arg max, pixels without a clear winner -> 255 (ignore).
+  -> :func:`pamr` (or :func:`dense_crf`) guided by :func:`texture_guide`: the scores
+     diffused within regions of like colour and texture, stopped at image edges
+  -> :func:`confident_labels`: arg max; pixels without a clear winner -> 255 (ignore).
 
-Every function is pure and follows its input's device. Score maps are ``[K + 1, H, W]`` with
-channel 0 the background and channel k the image's k-th class; ``classes`` maps the channels
-back to dataset class indices, so label maps hold 0 (background), ``classes[k - 1] + 1`` or
-255 (ignore).
+:func:`semantic_pseudo_labels` runs the whole chain for one image. Score maps are
+``[K + 1, H, W]`` with channel 0 the background and channel k the image's k-th class;
+``classes`` maps channels back to dataset class indices, so label maps hold 0 (background),
+``classes[k - 1] + 1`` or 255 (ignore). Every function is pure and follows its input's device.
+
+Measured on the default synthetic data (400 training images, the ``wsss`` stage with an
+alpha-0 classifier of val mAP 86), mIoU with ignore pixels left out: raw CAM threshold 43;
+local dense CRF 60; PAMR guided by colour alone 61; PAMR guided by :func:`texture_guide`
+63 with nothing ignored, 69 once its unsure 8 % of pixels are ignored.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bestie.config import WSSSParams
+
 __all__ = [
     "IGNORE",
     "class_activation_maps",
@@ -30,13 +38,15 @@ __all__ = [
     "threshold_labels",
     "confident_labels",
     "neighbour_offsets",
-    "local_neighbours",
+    "shifted_views",
+    "texture_guide",
     "pamr",
     "dense_crf",
+    "PseudoLabels",
+    "refine_scores",
+    "semantic_pseudo_labels",
     "confusion_matrix",
     "iou_per_class",
-    "SemanticMaps",
-    "semantic_pseudo_labels",
 ]
 
 IGNORE = 255
@@ -82,12 +92,9 @@ def class_activation_maps(
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
         if flip:
-            x = torch.cat([x, x.flip(-1)])
+            x = torch.cat([x, x.flip(-1)])  # one batch: image and mirror
         cams = F.relu(model(x)["cams"][:, classes].float())  # [1 or 2, K, h, w]
-        if flip:
-            cams = cams[0] + cams[1].flip(-1)
-        else:
-            cams = cams[0]
+        cams = cams[0] + cams[1].flip(-1) if flip else cams[0]
         total += F.interpolate(cams[None], size=(height, width), mode="bilinear", align_corners=False)[0]
     peak = total.amax(dim=(-2, -1), keepdim=True)
     return total / peak.clamp(min=1e-5)
@@ -96,41 +103,15 @@ def class_activation_maps(
 def with_background(cams: Tensor, bg_threshold: float) -> Tensor:
     """Put a constant background score in front of the class maps.
 
-    A pixel is background under :func:`threshold_labels` exactly when no class map reaches
-    ``bg_threshold`` there.
+    Under :func:`threshold_labels` a pixel is background exactly when no class map
+    exceeds ``bg_threshold`` there.
 
     Args:
         cams: ``[K, H, W]`` in [0, 1].
     Returns:
         ``[K + 1, H, W]``; channel 0 is ``bg_threshold`` everywhere.
     """
-    background = torch.full_like(cams[:1], bg_threshold)
-    return torch.cat([background, cams])
-
-
-def _to_label_values(winner: Tensor, classes: Tensor) -> Tensor:
-    """Channel index -> label value: 0 stays background, channel k becomes classes[k-1] + 1."""
-    values = torch.cat([classes.new_zeros(1), classes + 1]).to(winner.device)
-    return values[winner].to(torch.uint8)
-
-
-def threshold_labels(scores: Tensor, classes: Tensor) -> Tensor:
-    """Arg max of ``[K + 1, H, W]`` scores as a label map ``[H, W]`` uint8 (no ignore)."""
-    _check_scores(scores, classes)
-    return _to_label_values(scores.argmax(dim=0), classes)
-
-
-def confident_labels(probs: Tensor, classes: Tensor, min_confidence: float) -> Tensor:
-    """Arg max of ``[K + 1, H, W]`` probabilities; pixels whose winner has less than
-    ``min_confidence`` become 255 (ignore), not background.
-
-    Returns:
-        ``[H, W]`` uint8: 0 background, ``classes[k] + 1``, or 255.
-    """
-    _check_scores(probs, classes)
-    confidence, winner = probs.max(dim=0)
-    labels = _to_label_values(winner, classes)
-    return labels.masked_fill(confidence < min_confidence, IGNORE)
+    return torch.cat([torch.full_like(cams[:1], bg_threshold), cams])
 
 
 def _check_scores(scores: Tensor, classes: Tensor) -> None:
@@ -140,37 +121,84 @@ def _check_scores(scores: Tensor, classes: Tensor) -> None:
         )
 
 
+def _label_values(winner: Tensor, classes: Tensor) -> Tensor:
+    """Channel index -> label value: 0 stays background, channel k becomes classes[k - 1] + 1."""
+    values = torch.cat([classes.new_zeros(1), classes + 1]).to(winner.device)
+    return values[winner].to(torch.uint8)
+
+
+def threshold_labels(scores: Tensor, classes: Tensor) -> Tensor:
+    """Arg max of ``[K + 1, H, W]`` scores as an ``[H, W]`` uint8 label map (no ignore)."""
+    _check_scores(scores, classes)
+    return _label_values(scores.argmax(dim=0), classes)
+
+
+def confident_labels(probs: Tensor, classes: Tensor, min_confidence: float) -> Tensor:
+    """Arg max of ``[K + 1, H, W]`` probabilities; where the winner's probability is below
+    ``min_confidence`` the pixel becomes 255 (ignore), not background.
+
+    Returns:
+        ``[H, W]`` uint8: 0 background, ``classes[k] + 1``, or 255.
+    """
+    _check_scores(probs, classes)
+    confidence, winner = probs.max(dim=0)
+    return _label_values(winner, classes).masked_fill(confidence < min_confidence, IGNORE)
+
+
 # --------------------------------------------------------------------------------------------
 # Edge-aware refinement
 # --------------------------------------------------------------------------------------------
 
 
 def neighbour_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
-    """The 8 neighbours of a 3x3 window at each dilation, as (dy, dx)."""
+    """The 8 neighbours of a 3x3 window at each dilation, as (dy, dx) pairs."""
     ring = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
     return [(d * dy, d * dx) for d in dilations for dy, dx in ring]
 
 
-def local_neighbours(x: Tensor, offsets: Sequence[tuple[int, int]]) -> Tensor:
-    """Each pixel's values at the given offsets, borders replicated.
+def shifted_views(x: Tensor, offsets: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """Each pixel's values at the given offsets, as views of one border-replicated copy.
+
+    Refinement loops over these P views and accumulates, rather than stacking a
+    ``[C, P, H, W]`` tensor: the same arithmetic, a P-times smaller working set.
 
     Args:
         x: ``[C, H, W]``.
         offsets: P pairs (dy, dx).
     Returns:
-        ``[C, P, H, W]``: ``out[:, p, y, x] = x[:, clamp(y + dy_p), clamp(x + dx_p)]``.
+        P tensors ``[C, H, W]``: ``views[p][:, y, x] = x[:, clamp(y + dy_p), clamp(x + dx_p)]``.
     """
     height, width = x.shape[-2:]
     reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     padded = F.pad(x[None], (reach,) * 4, mode="replicate")[0]
-    return torch.stack(
-        [padded[:, reach + dy : reach + dy + height, reach + dx : reach + dx + width] for dy, dx in offsets],
-        dim=1,
-    )
+    return [padded[:, reach + dy : reach + dy + height, reach + dx : reach + dx + width] for dy, dx in offsets]
+
+
+def texture_guide(image: Tensor, window: int = 5) -> Tensor:
+    """Colour plus its local mean and standard deviation: what refinement compares pixels by.
+
+    Colour alone separates a two-tone textured object into its two tones; the mean and the
+    spread over a ``window`` x ``window`` box are nearly constant across such a texture and
+    still change at the object's border.
+
+    Args:
+        image: ``[C, H, W]`` float.
+        window: odd box size; 1 returns ``image`` unchanged.
+    Returns:
+        ``[3C, H, W]`` (``[C, H, W]`` for window 1).
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd size >= 1, got {window}")
+    if window == 1:
+        return image
+    padded = F.pad(image[None].float(), (window // 2,) * 4, mode="replicate")
+    mean = F.avg_pool2d(padded, window, stride=1)[0]
+    second = F.avg_pool2d(padded * padded, window, stride=1)[0]
+    return torch.cat([image, mean, (second - mean * mean).clamp(min=0).sqrt()])
 
 
 def pamr(
-    image: Tensor,
+    guide: Tensor,
     scores: Tensor,
     dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
     iterations: int = 10,
@@ -179,72 +207,138 @@ def pamr(
     """Pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020).
 
     Each iteration replaces a pixel's scores by an average of its neighbours' (8 a dilation),
-    weighted by how alike the neighbour's colour is::
+    weighted by how alike the neighbour looks::
 
-        w_ij = softmax_j( -mean_c |I_ci - I_cj| / (temperature * std_c(i)) )
+        w_ij = softmax_j( -mean_f |g_fi - g_fj| / (temperature * std_f(i)) )
 
-    where ``std_c(i)`` is the colour's standard deviation over i's neighbourhood, so the
+    with ``std_f(i)`` the guide channel's standard deviation over i and its neighbours, so the
     weights adapt to the local contrast: scores spread within regions and stop at edges.
+    The weights are invariant to a per-channel affine change of the guide.
 
     Args:
-        image: ``[3, H, W]`` float (any affine colour scale: the weights are scale-free).
+        guide: ``[F, H, W]`` float, e.g. colours or :func:`texture_guide`.
         scores: ``[K + 1, H, W]``.
     Returns:
-        ``[K + 1, H, W]`` refined scores.
+        ``[K + 1, H, W]`` refined scores (a pixel's total is a weighted average of totals).
     """
     offsets = neighbour_offsets(dilations)
-    image = image.float()
-    colour = local_neighbours(image, offsets)  # [3, P, H, W]
-    # Standard deviation over the pixel and its P neighbours, from the first two moments
-    # (torch.std over a strided dim is several times slower).
-    count = len(offsets) + 1
-    mean = (colour.sum(dim=1) + image) / count
-    second = ((colour * colour).sum(dim=1) + image * image) / count
-    spread = (second - mean * mean).clamp(min=0).mul(count / (count - 1)).sqrt()[:, None]
-    logits = -(colour - image[:, None]).abs() / (temperature * spread + 1e-8)
-    weights = logits.mean(dim=0).softmax(dim=0)  # [P, H, W]
+    guide = guide.float()
+    views = shifted_views(guide, offsets)
+    count = len(views) + 1
+    mean = (sum(views) + guide) / count
+    second = (sum(v * v for v in views) + guide * guide) / count
+    spread = (second - mean * mean).clamp(min=0).mul(count / (count - 1)).sqrt()
+    scale = 1.0 / (len(guide) * (temperature * spread + 1e-8))  # also averages over channels
+    weights = torch.stack([-((v - guide).abs() * scale).sum(dim=0) for v in views]).softmax(dim=0)
     for _ in range(iterations):
-        scores = (local_neighbours(scores, offsets) * weights).sum(dim=1)
+        refined = torch.zeros_like(scores)
+        for view, weight in zip(shifted_views(scores, offsets), weights):
+            refined.addcmul_(view, weight)
+        scores = refined
     return scores
 
 
 def dense_crf(
-    image: Tensor,
+    guide: Tensor,
     probs: Tensor,
     dilations: Sequence[int] = (1, 2, 4, 8),
     iterations: int = 10,
-    colour_sigma: float = 0.1,
-    spatial_sigma: float = 8.0,
-    weight: float = 4.0,
+    guide_sigma: float = 0.5,
+    spatial_sigma: float = 16.0,
+    weight: float = 1.0,
 ) -> Tensor:
-    """Mean-field inference of a dense CRF whose pairwise term lives in a local window.
+    """Mean-field inference of a dense CRF whose pairwise term lives in dilated windows.
 
     Unary: ``-log probs``. Pairwise: a Potts model with the bilateral kernel
-    ``k_ij = exp(-|p_i - p_j|^2 / 2 spatial_sigma^2 - |I_i - I_j|^2 / 2 colour_sigma^2)`` over the
-    dilated 3x3 neighbourhoods of ``dilations`` (a sparse stand-in for the fully connected
-    kernel of Kraehenbuehl & Koltun). Each iteration::
+    ``k_ij = exp(-|p_i - p_j|^2 / 2 spatial_sigma^2 - |g_i - g_j|^2 / 2 guide_sigma^2)`` over
+    the dilated 3x3 neighbourhoods of ``dilations``, a sparse stand-in for the fully
+    connected kernel of Kraehenbuehl & Koltun. Each iteration::
 
         Q = softmax(log probs + weight * sum_j k_ij Q_j)
 
     Args:
-        image: ``[3, H, W]`` float with colours in [0, 1].
-        probs: ``[K + 1, H, W]`` positive, summing to 1 over channels.
+        guide: ``[F, H, W]`` float; ``guide_sigma`` is in its units (the default suits
+            ImageNet-normalised colours and their :func:`texture_guide`).
+        probs: ``[K + 1, H, W]`` summing to 1 over channels.
     Returns:
         ``[K + 1, H, W]`` marginals Q.
     """
     offsets = neighbour_offsets(dilations)
-    colour = local_neighbours(image.float(), offsets)  # [3, P, H, W]
-    distance2 = torch.tensor([dy * dy + dx * dx for dy, dx in offsets], device=image.device, dtype=torch.float32)
-    kernel = torch.exp(
-        -((colour - image.float()[:, None]) ** 2).sum(dim=0) / (2 * colour_sigma**2)
-        - distance2[:, None, None] / (2 * spatial_sigma**2)
+    guide = guide.float()
+    kernel = torch.stack(
+        [
+            torch.exp(-((v - guide) ** 2).sum(dim=0) / (2 * guide_sigma**2) - (dy * dy + dx * dx) / (2 * spatial_sigma**2))
+            for v, (dy, dx) in zip(shifted_views(guide, offsets), offsets)
+        ]
     )  # [P, H, W]
     unary = probs.clamp(min=1e-8).log()
     q = probs
     for _ in range(iterations):
-        message = (local_neighbours(q, offsets) * kernel).sum(dim=1)
+        message = torch.zeros_like(q)
+        for view, k in zip(shifted_views(q, offsets), kernel):
+            message.addcmul_(view, k)
         q = (unary + weight * message).softmax(dim=0)
     return q
+
+
+# --------------------------------------------------------------------------------------------
+# The whole chain for one image
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """One image's WSSS maps."""
+
+    cams: Tensor  # [K, H, W] float32 in [0, 1], the image's classes in label order
+    raw: Tensor  # [H, W] uint8: the CAM threshold map (no refinement, no ignore)
+    refined: Tensor  # [H, W] uint8: the refined map, 255 where unsure
+
+
+def refine_scores(guide: Tensor, scores: Tensor, params: WSSSParams) -> Tensor:
+    """Refine ``[K + 1, H, W]`` scores on a grid ``params.refine_stride`` times coarser.
+
+    The guide and the scores are average-pooled by the stride, refined there (``pamr`` or
+    ``crf``, its dilations in coarse pixels: a stride of 2 quarters the cost and doubles the
+    reach), and the probabilities resized back (bilinear).
+
+    Returns:
+        ``[K + 1, H, W]`` probabilities (summing to 1 over channels).
+    """
+    height, width = scores.shape[-2:]
+    if params.refine_stride > 1:
+        guide = F.avg_pool2d(guide[None], params.refine_stride, ceil_mode=True)[0]
+        scores = F.avg_pool2d(scores[None], params.refine_stride, ceil_mode=True)[0]
+    if params.refine == "pamr":
+        refined = pamr(guide, scores, params.dilations, params.iterations)
+        probs = refined / refined.sum(dim=0, keepdim=True).clamp(min=1e-8)
+    else:
+        probs = scores / scores.sum(dim=0, keepdim=True).clamp(min=1e-8)
+        probs = dense_crf(guide, probs, params.dilations, params.iterations)
+    if params.refine_stride > 1:
+        probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return probs
+
+
+def semantic_pseudo_labels(model: nn.Module, image: Tensor, classes: Tensor, params: WSSSParams) -> PseudoLabels:
+    """CAMs -> background threshold -> refinement guided by the image -> confident labels.
+
+    Args:
+        model: the CAM classifier (eval mode, on ``image``'s device).
+        image: ``[3, H, W]`` float, normalised as the model was trained.
+        classes: ``[K]`` int64 class indices of the image (may be empty: all background).
+        params: the ``wsss`` params.
+    """
+    height, width = image.shape[-2:]
+    if len(classes) == 0:
+        background = torch.zeros((height, width), dtype=torch.uint8, device=image.device)
+        return PseudoLabels(image.new_zeros((0, height, width)), background, background)
+    cams = class_activation_maps(model, image, classes, params.scales, params.flip)
+    scores = with_background(cams, params.bg_threshold)
+    probs = refine_scores(texture_guide(image, params.texture_window), scores, params)
+    return PseudoLabels(
+        cams, threshold_labels(scores, classes), confident_labels(probs, classes, params.min_confidence)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,8 +349,8 @@ def dense_crf(
 def confusion_matrix(prediction: Tensor, target: Tensor, num_labels: int) -> Tensor:
     """Pixel counts ``[num_labels, num_labels]`` (rows: ground truth, columns: prediction).
 
-    Pixels that are 255 on *either* side are left out: ground-truth void and the pixels
-    the prediction marks as ignore (report the ignore share separately).
+    Pixels that are 255 on *either* side are left out: ground-truth void, and pixels the
+    prediction marks as ignore (report the share of those separately).
 
     Args:
         prediction, target: ``[H, W]`` integer label maps (0..num_labels-1 or 255).
@@ -267,40 +361,8 @@ def confusion_matrix(prediction: Tensor, target: Tensor, num_labels: int) -> Ten
 
 
 def iou_per_class(confusion: Tensor) -> Tensor:
-    """``[L]`` IoU of each label from a confusion matrix; NaN where a label never occurs."""
+    """``[L]`` float64 IoU of each label from a confusion matrix; NaN where a label is
+    neither in the ground truth nor predicted."""
     confusion = confusion.double()
     hits = confusion.diagonal()
-    union = confusion.sum(dim=0) + confusion.sum(dim=1) - hits
-    return hits / union  # 0 / 0 = NaN: neither in the ground truth nor predicted
-
-
-# --------------------------------------------------------------------------------------------
-# The whole recipe of the wsss stage
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SemanticMaps:
-    """What :func:`semantic_pseudo_labels` makes of one image."""
-
-    cams: Tensor  # [K, H, W] in [0, 1], one map per image class
-    raw: Tensor  # [H, W] uint8: the CAM threshold, no refinement
-    refined: Tensor  # [H, W] uint8: PAMR-refined, unsure pixels 255
-
-
-def semantic_pseudo_labels(model: nn.Module, image: Tensor, classes: Tensor, params) -> SemanticMaps:
-    """CAMs of the image's classes -> background threshold -> PAMR -> confident labels.
-
-    Args:
-        model: the classifier (``model(x)["cams"]``), eval mode, on ``image``'s device.
-        image: ``[3, H, W]`` normalised.
-        classes: ``[K]`` the image's class indices.
-        params: :class:`bestie.config.WSSSParams` (scales, flip, bg_threshold, PAMR and
-            confidence settings).
-    """
-    cams = class_activation_maps(model, image, classes, params.scales, params.flip)
-    scores = with_background(cams, params.bg_threshold)
-    raw = threshold_labels(scores, classes)
-    refined = pamr(image, scores, params.pamr_dilations, params.pamr_iterations)
-    probs = (refined / params.temperature).softmax(dim=0)
-    return SemanticMaps(cams, raw, confident_labels(probs, classes, params.min_confidence))
+    return hits / (confusion.sum(dim=0) + confusion.sum(dim=1) - hits)

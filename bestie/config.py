@@ -101,17 +101,24 @@ class PeaksParams:
 
 @dataclass(frozen=True)
 class WSSSParams:
-    """Semantic pseudo labels: CAMs of the classifier, refined to follow image edges (METHOD.md §2)."""
+    """Semantic pseudo labels: the classifier's CAMs, refined to follow image edges (METHOD.md §2)."""
 
     alpha: float = _f(0.0, min=0.0, max=1.0)  # PAM threshold applied to the CAMs (0: plain CAM)
-    scales: list[float] = _f([1.0, 0.75, 1.25])
+    scales: list[float] = _f([1.0, 0.75, 1.25], min=0.1)
     flip: bool = _f(True)
-    bg_threshold: float = _f(0.3, min=0.0, max=1.0)
-    pamr_dilations: list[int] = _f([1, 2, 4, 8])
-    pamr_iterations: int = _f(10, min=0)
-    temperature: float = _f(0.1, min=1e-6)  # softmax temperature of the refined scores
-    min_confidence: float = _f(0.6, min=0.0, max=1.0)  # below it a pixel becomes 255 (ignore)
+    bg_threshold: float = _f(0.2, min=0.0, max=1.0)  # background score; CAMs peak at 1
+    refine: str = _f("pamr", choices=("pamr", "crf"))  # pixel-adaptive refinement | local dense CRF
+    texture_window: int = _f(5, choices=(1, 3, 5, 7, 9))  # guide: colour + local mean, std (1: colour)
+    refine_stride: int = _f(2, choices=(1, 2, 4))  # refine on a grid this many times coarser
+    dilations: list[int] = _f([1, 2, 4, 8, 12, 16], min=1)  # refinement neighbourhoods, coarse px
+    iterations: int = _f(30, min=0)
+    min_confidence: float = _f(0.5, min=0.0, max=1.0)  # less confident pixels become 255 (ignore)
     gallery: int = _f(6, min=0)  # training images drawn in the gallery
+
+    def __post_init__(self) -> None:
+        for name in ("scales", "dilations"):
+            if not getattr(self, name):
+                raise BestieError(f"params: wsss.{name} must not be empty")
 
 
 @dataclass(frozen=True)
@@ -187,11 +194,11 @@ class MaskRCNNParams:
     anchor_size: int = _f(16, min=1)  # anchors of the finest FPN level; doubles per level
     min_size: list[int] = _f([128])  # short side: drawn from the list in training, the last at test
     max_size: int = _f(256, min=1)  # long side cap
-    iterations: int = _f(1500, min=1)
-    batch_size: int = _f(8, min=1)
-    optimizer: str = _f("sgd", choices=("sgd", "adamw"))  # sgd: momentum 0.9
-    lr: float = _f(0.02, min=0.0)
-    weight_decay: float = _f(1e-4, min=0.0)
+    iterations: int = _f(2000, min=1)
+    batch_size: int = _f(2, min=1)  # small batches, many updates: best for a short CPU schedule
+    optimizer: str = _f("adamw", choices=("sgd", "adamw"))  # sgd: momentum 0.9
+    lr: float = _f(0.002, min=0.0)
+    weight_decay: float = _f(0.05, min=0.0)
     warmup_iters: int = _f(100, min=0)
     poly_power: float = _f(0.9, min=0.0)
     flip: bool = _f(True)  # random horizontal flips in training
@@ -199,7 +206,7 @@ class MaskRCNNParams:
     detections_per_image: int = _f(50, min=1)
     mask_thresh: float = _f(0.5, min=0.0, max=1.0)  # soft mask -> binary mask
     workers: int = _f(0, min=0)
-    checkpoint_every: int = _f(250, min=1)
+    checkpoint_every: int = _f(500, min=1)
     log_every: int = _f(20, min=1)
     resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
 

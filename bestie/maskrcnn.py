@@ -189,7 +189,9 @@ def load_maskrcnn(path, device: torch.device, class_names=None) -> tuple[MaskRCN
 
 
 @torch.no_grad()
-def predict_maskrcnn(model: MaskRCNN, image: np.ndarray, device: torch.device, mask_thresh: float = 0.5) -> Instances:
+def predict_maskrcnn(
+    model: MaskRCNN, image: np.ndarray, device: torch.device, mask_thresh: float = 0.5
+) -> Instances:
     """Instances of one [H, W, 3] uint8 image at its own size, sorted by score.
 
     ``model`` must be in eval mode; its soft masks are binarised at ``mask_thresh``.
@@ -261,7 +263,9 @@ def train_maskrcnn(
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise BestieError(f"maskrcnn.lr: the loss diverged ({loss.item()}) at iteration {iteration}; lower it")
+            raise BestieError(
+                f"maskrcnn.lr: the loss diverged ({loss.item()}) at iteration {iteration}; lower it"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -8,10 +8,10 @@ For each image and each class the image is labelled with:
 4. local maxima: pixels equal to the max-pool of their ``nms_kernel`` window;
 5. the ``max_per_class`` highest of them with score >= ``score_thresh``.
 
-Batches may hold images of different sizes, padded at the bottom and right to the largest
-one (:func:`bestie.data.datasets.pad_collate`); ``image_sizes`` says which part of each
-padded map is image, and every step (flip, smoothing, peaks) keeps to that part, so a
-padded batch gives what each image alone would, up to the convolutions' view of padding.
+Batches may hold images of different sizes, padded at the bottom and right
+(:func:`bestie.data.datasets.pad_collate`); ``image_sizes`` says which part of each padded
+map is image, and every step (flip, smoothing, peaks) keeps to that part, so a padded
+batch gives what each image alone would, up to the convolutions' view of the padding.
 
 Peaks are ``[K, 4]`` float32 arrays of ``(x, y, class, score)`` rows per image (x = column).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,7 @@ def extract_peaks(
     image_sizes: Tensor,
     *,
     flipped_cams: Tensor | None = None,
+    input_size: tuple[int, int] | None = None,
     smooth_kernel: int = 3,
     nms_kernel: int = 15,
     max_per_class: int = 25,
@@ -138,12 +140,13 @@ def extract_peaks(
     """Peak points of a batch (see the module docstring for the steps).
 
     Args:
-        cams: [B, C, h, w] class maps of images padded at the bottom/right to
-            ``(max height, max width)`` of ``image_sizes``.
+        cams: [B, C, h, w] class maps of a batch of images padded at the bottom/right.
         image_labels: [B, C] multi-hot: peaks are looked for in these classes only.
         image_sizes: [B, 2] int (height, width) of each image.
         flipped_cams: [B, C, h, w] class maps of the images mirrored within their widths
             (:func:`class_maps_with_flip`), or None for no flip averaging.
+        input_size: (H, W) of the padded batch the maps were computed on; default: the
+            largest height and width in ``image_sizes``.
         smooth_kernel, nms_kernel: odd window sizes in pixels (smooth_kernel 1: no smoothing).
         max_per_class: keep at most this many peaks per (image, class), the highest.
         score_thresh: keep peaks with score >= this (and always > 0).
@@ -154,7 +157,7 @@ def extract_peaks(
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"{name} must be a positive odd number, got {kernel}")
     num_images, device = len(cams), cams.device
-    size = tuple(int(s) for s in image_sizes.max(dim=0).values)
+    size = input_size or tuple(int(s) for s in image_sizes.max(dim=0).values)
     # Work on the labelled (image, class) pairs only: other class maps can hold no peaks.
     image, klass = image_labels.to(device).bool().nonzero(as_tuple=True)  # [N] each
     if len(image) == 0:
@@ -209,12 +212,17 @@ def predict_peaks(
     """
     model.eval().to(device)
     order = sorted(range(len(dataset)), key=lambda i: tuple(image_sizes[i]))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=pad_collate)
+    # Padding to a multiple of the output stride makes the class-map grid cover the input
+    # exactly, so resizing maps it back at exactly the stride, for every image of the batch.
+    collate = partial(pad_collate, size_divisor=getattr(model, "output_stride", 1))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=collate)
     peaks: list[np.ndarray] = [np.zeros((0, 4), np.float32)] * len(dataset)
     done = 0
     for images, labels, sizes in tqdm(loader, desc="peaks", unit="batch", disable=None):
         cams, flipped_cams = class_maps_with_flip(model, images.to(device), sizes[:, 1], flip)
-        batch_peaks = extract_peaks(cams, labels, sizes, flipped_cams=flipped_cams, **peak_options)
+        batch_peaks = extract_peaks(
+            cams, labels, sizes, flipped_cams=flipped_cams, input_size=images.shape[-2:], **peak_options
+        )
         for index, image_peaks in zip(order[done : done + len(images)], batch_peaks):
             peaks[index] = image_peaks
         done += len(images)

@@ -20,13 +20,16 @@ def main(params: Params, args: argparse.Namespace) -> None:
     point_guided = params.supervision == "point" and options.point_guided
 
     def predict(image, record):
-        return predict_instances(model, image, device, options, points=record.points if point_guided else None)
+        points = record.points if point_guided else None
+        return predict_instances(model, image, device, options, points=points)
 
     predictions = predict_split(
         predict, VOCDataset(params.data.root, params.data.val_split), manifest.val, manifest.class_names,
         gallery_size=options.gallery,
     )
-    write_evaluation(predictions, args.val_gt, out_dir=args.out, metrics_path=args.metrics, gallery_dir=args.gallery)
+    write_evaluation(
+        predictions, args.val_gt, out_dir=args.out, metrics_path=args.metrics, gallery_dir=args.gallery
+    )
 
 
 if __name__ == "__main__":

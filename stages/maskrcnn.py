@@ -50,7 +50,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
     def save_state(network, new_state: TrainState) -> None:
         save_checkpoint(
-            state_path, network.state_dict(), kind="maskrcnn", config=config, class_names=manifest.class_names,
+            state_path, network.state_dict(), kind="maskrcnn", config=config,
+            class_names=manifest.class_names,
             extra={"iteration": new_state.iteration, "optimizer": new_state.optimizer, "history": history},
         )
 
@@ -58,7 +59,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
         model, dataset, options, device, seed=params.seed, state=state, save_state=save_state,
         log=lambda step, scalars: history.append({"step": step, **scalars}),
     )
-    save_checkpoint(args.out, model.state_dict(), kind="maskrcnn", config=config, class_names=manifest.class_names)
+    save_checkpoint(
+        args.out, model.state_dict(), kind="maskrcnn", config=config, class_names=manifest.class_names
+    )
     write_tsv(args.log, LOG_COLUMNS, history)
 
     model.eval()

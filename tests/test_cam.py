@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import Tensor, nn
 
 from bestie import cam
 from bestie.cam import IGNORE
+from bestie.config import WSSSParams, parse_params
+from bestie.errors import BestieError
 
 
 class FixedCAMs(nn.Module):
@@ -64,8 +68,8 @@ def test_cams_are_relu_before_averaging() -> None:
 
 
 def test_flip_averages_the_mirrored_image_mapped_back() -> None:
-    # The stand-in mirrors its maps for a mirrored input, as a translation-equivariant CNN
-    # would not: a correct flip average maps them back and so sees the same map twice.
+    # The stand-in mirrors its maps for a mirrored input, as a CNN does: a correct flip
+    # average mirrors them back and so sees the same map twice.
     maps = torch.zeros(1, 4, 4)
     maps[0, :, 0] = 1.0
     model = FixedCAMs(maps)
@@ -73,7 +77,8 @@ def test_flip_averages_the_mirrored_image_mapped_back() -> None:
     assert model.calls == [(2, 3, 4, 4)]  # image and mirror in one batch
     assert torch.equal(cams[0], maps[0] / 1.0)
 
-    # A model that does NOT mirror its maps shows a symmetric average after flip averaging.
+    # A model blind to the mirroring gives a symmetric average: proof the mirror's maps are
+    # flipped back before they are added.
     class Static(nn.Module):
         def forward(self, images: Tensor) -> dict[str, Tensor]:
             return {"cams": maps.expand(len(images), -1, -1, -1)}
@@ -144,13 +149,28 @@ def test_labels_reject_scores_of_the_wrong_depth() -> None:
 # -- refinement --------------------------------------------------------------------------------
 
 
-def test_local_neighbours_shift_and_replicate_the_border() -> None:
+def test_shifted_views_shift_and_replicate_the_border() -> None:
     x = torch.arange(9.0).reshape(1, 3, 3)
-    out = cam.local_neighbours(x, [(0, 1), (-1, 0)])
-    assert out.shape == (1, 2, 3, 3)
-    assert out[0, 0].tolist() == [[1, 2, 2], [4, 5, 5], [7, 8, 8]]  # right neighbour
-    assert out[0, 1].tolist() == [[0, 1, 2], [0, 1, 2], [3, 4, 5]]  # upper neighbour
+    right, up = cam.shifted_views(x, [(0, 1), (-1, 0)])
+    assert right.shape == up.shape == (1, 3, 3)
+    assert right[0].tolist() == [[1, 2, 2], [4, 5, 5], [7, 8, 8]]
+    assert up[0].tolist() == [[0, 1, 2], [0, 1, 2], [3, 4, 5]]
     assert len(cam.neighbour_offsets((1, 3))) == 16 and (3, -3) in cam.neighbour_offsets((1, 3))
+
+
+def test_texture_guide_is_flat_inside_a_texture() -> None:
+    # Stripes of period 3 (1, 0, 0, ...): colour changes every pixel, but a 3 px window always
+    # holds one period, so mean 1/3 and spread sqrt(1/3 - 1/9) everywhere off the border.
+    stripes = (torch.arange(12) % 3 == 0).float().expand(1, 12, 12)
+    guide = cam.texture_guide(stripes, window=3)
+    assert guide.shape == (3, 12, 12)
+    assert torch.equal(guide[0], stripes[0])
+    inner = guide[1:, 1:-1, 1:-1]
+    assert torch.allclose(inner[0], torch.full_like(inner[0], 1 / 3))
+    assert torch.allclose(inner[1], torch.full_like(inner[1], (2 / 9) ** 0.5), atol=1e-6)
+    assert cam.texture_guide(stripes, 1) is stripes
+    with pytest.raises(ValueError, match="odd"):
+        cam.texture_guide(stripes, 4)
 
 
 def _two_regions(size: int = 32, edge: int = 12) -> tuple[Tensor, Tensor, Tensor]:
@@ -205,3 +225,58 @@ def test_confusion_leaves_out_ignore_on_either_side() -> None:
     iou = cam.iou_per_class(confusion)
     assert iou.tolist() == pytest.approx([1.0, 2 / 3, 0.5])
     assert torch.isnan(cam.iou_per_class(torch.zeros(2, 2, dtype=torch.long))).all()
+
+
+# -- the chain for one image -------------------------------------------------------------------
+
+
+def _params(**overrides) -> WSSSParams:
+    base = dict(scales=[1.0], flip=False, dilations=[1, 2, 4], iterations=10, texture_window=1, refine_stride=1)
+    return dataclasses.replace(WSSSParams(), **{**base, **overrides})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(refine="pamr"),
+        dict(refine="pamr", refine_stride=2),  # refined on a 16 x 16 grid, resized back
+        dict(refine="crf", dilations=[1, 2, 4, 8], bg_threshold=0.3),
+    ],
+)
+def test_pseudo_labels_of_one_image(options: dict) -> None:
+    image, scores, truth = _two_regions()
+    image = (image - 0.45) / 0.225  # the colour scale of an ImageNet-normalised image
+    maps = torch.zeros(3, 32, 32)
+    maps[1] = scores[1]  # class 1 is the blurry object; class 2 fires elsewhere but is absent
+    maps[2] = 1.0
+    out = cam.semantic_pseudo_labels(FixedCAMs(maps), image, torch.tensor([1]), _params(**options))
+    assert out.cams.shape == (1, 32, 32) and out.raw.dtype == out.refined.dtype == torch.uint8
+    assert set(out.raw.unique().tolist()) == {0, 2} and set(out.refined.unique().tolist()) <= {0, 2, IGNORE}
+    assert _iou(out.refined == 2, truth) > _iou(out.raw == 2, truth) + 0.1
+
+
+def test_pseudo_labels_leave_unsure_pixels_to_ignore() -> None:
+    image, scores, _ = _two_regions()
+    model = FixedCAMs(scores[1:])
+    loose = cam.semantic_pseudo_labels(model, image, torch.tensor([0]), _params(min_confidence=0.0))
+    strict = cam.semantic_pseudo_labels(model, image, torch.tensor([0]), _params(min_confidence=0.75))
+    assert not (loose.refined == IGNORE).any()
+    # The unsure pixels are the background ones the blurry CAM reached, just past the edge.
+    unsure_columns = (strict.refined == IGNORE).any(dim=0).nonzero().flatten()
+    assert len(unsure_columns) > 0 and unsure_columns.min() >= 12 and unsure_columns.max() < 24
+    unsure = strict.refined == IGNORE
+    # Raising the bar turns pixels into ignore, never into background or another class.
+    assert torch.equal(strict.refined[~unsure], loose.refined[~unsure])
+
+
+def test_pseudo_labels_of_an_image_without_classes_are_background() -> None:
+    out = cam.semantic_pseudo_labels(FixedCAMs(torch.ones(2, 4, 4)), torch.zeros(3, 5, 7), torch.tensor([], dtype=torch.int64), _params())
+    assert out.cams.shape == (0, 5, 7)
+    assert out.raw.shape == (5, 7) and not out.raw.any() and not out.refined.any()
+
+
+def test_wsss_params_need_scales_and_dilations() -> None:
+    with pytest.raises(BestieError, match="wsss.scales must not be empty"):
+        parse_params({"wsss": {"scales": []}})
+    with pytest.raises(BestieError, match=r"wsss.dilations\[1\] must be >= 1"):
+        parse_params({"wsss": {"dilations": [1, 0]}})

@@ -194,3 +194,22 @@ def test_peaks_file_round_trip_and_bad_lines(tmp_path):
 
 def test_a_batch_without_labels_has_no_peaks():
     assert [len(p) for p in peaks_of(THREE.repeat(2, 1, 1, 1), [[0], [0]], [[16, 16]] * 2)] == [0, 0]
+
+
+def test_maps_of_a_larger_padded_input_are_resized_to_it_and_cut_to_the_image():
+    # 4 x 4 maps of a 12 x 12 padded input holding a 9 x 9 image: cell (2, 1) is pixel
+    # (7, 4) of the image; cell (3, 3) is pixel (10, 10), in the padding: it neither counts
+    # for the max normalisation nor is a peak; only its tail reaches the image's corner.
+    cams = maps_with((1, 1, 4, 4), {(0, 0, 1, 2): 0.5, (0, 0, 3, 3): 1.0})
+    (peaks,) = peaks_of(cams, [[1]], [[9, 9]], input_size=(12, 12))
+    np.testing.assert_allclose(peaks, [[7, 4, 0, 1.0], [8, 8, 0, 2 / 9]], rtol=1e-5)
+
+
+def test_pad_collate_rounds_up_to_the_size_divisor():
+    from bestie.data.datasets import pad_collate
+
+    batch = [(torch.ones(3, 5, 9), torch.tensor([1.0])), (torch.ones(3, 7, 4), torch.tensor([0.0]))]
+    images, labels, sizes = pad_collate(batch, size_divisor=8)
+    assert images.shape == (2, 3, 8, 16) and sizes.tolist() == [[5, 9], [7, 4]]
+    assert images[1, :, :7, :4].eq(1).all() and images[1, :, :, 4:].eq(0).all()
+    assert pad_collate(batch)[0].shape == (2, 3, 7, 9)

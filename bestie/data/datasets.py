@@ -75,18 +75,20 @@ class ClassificationDataset(Dataset):
 
 
 def pad_collate(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], size_divisor: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack images of different sizes by padding them at the bottom and right.
 
-    The padding is 0, the mean colour after normalisation.
+    The padding is 0, the mean colour after normalisation. With ``size_divisor`` = a
+    network's output stride, its feature grid covers the padded batch exactly.
 
     Returns:
-        images [B, 3, H_max, W_max], labels [B, C], sizes [B, 2] int64 (height, width).
+        images [B, 3, H, W] with H, W the largest height and width rounded up to a multiple
+        of ``size_divisor``; labels [B, C]; sizes [B, 2] int64 (height, width) of each image.
     """
     images, labels = zip(*batch)
     sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.int64)
-    height, width = sizes.max(dim=0).values.tolist()
+    height, width = (-(-s // size_divisor) * size_divisor for s in sizes.max(dim=0).values.tolist())
     padded = torch.stack(
         [F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2])) for image in images]
     )
