@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -176,20 +177,35 @@ def test_void_band_hand_worked() -> None:
     assert not void_band(owner, 0).any()
 
 
-def test_colour_does_not_identify_the_class(samples: list) -> None:
-    """Nearest class-mean colour guesses an instance's class little better than chance."""
-    colours, classes = [], []
-    for sample in samples:
+def _instance_hue_guesses(params: SynthesizeParams) -> tuple[np.ndarray, np.ndarray]:
+    """(class, class guessed from the hue of the instance's mean colour) of every instance
+    in 40 images: the nearest class hue centre."""
+    classes, hues = [], []
+    for i in range(40):
+        sample = render_image(params, "train", i)
         for k, class_index in enumerate(sample.classes, start=1):
-            colours.append(sample.image[sample.object_map == k].mean(0))
+            red, green, blue = sample.image[sample.object_map == k].mean(0) / 255
+            hues.append(colorsys.rgb_to_hsv(red, green, blue)[0])
             classes.append(class_index)
-    colours, classes = np.asarray(colours), np.asarray(classes)
-    assert len(np.unique(classes)) == 6
-    means = np.stack([colours[classes == c].mean(0) for c in range(6)])
-    guess = np.linalg.norm(colours[:, None] - means[None], axis=2).argmin(1)
-    accuracy = (guess == classes).mean()
-    # Chance is about 1/6; colour keyed to the class would give close to 1.
-    assert accuracy < 0.45, accuracy
+    classes, hues = np.asarray(classes), np.asarray(hues)
+    assert len(np.unique(classes)) == params.num_classes
+    centres = np.arange(params.num_classes) / params.num_classes
+    distance = np.abs(hues[:, None] - centres[None])
+    guesses = np.minimum(distance, 1 - distance).argmin(1)  # on the hue circle
+    return classes, guesses
+
+
+def test_colour_is_a_cue_to_the_class_not_a_label() -> None:
+    # Default hue families (0.25 wide, centres 1/6 apart) overlap: the nearest hue centre
+    # names the class about 2 times in 3 (0.083 / 0.125), not always; texture and shape
+    # must do the rest.
+    classes, guesses = _instance_hue_guesses(SynthesizeParams())
+    assert 0.5 < (guesses == classes).mean() < 0.85
+
+
+def test_any_hue_makes_colour_say_nothing_about_the_class() -> None:
+    classes, guesses = _instance_hue_guesses(SynthesizeParams(hue_spread=1.0))
+    assert (guesses == classes).mean() < 0.35  # chance is 1/6
 
 
 def test_statistics_hand_worked() -> None:

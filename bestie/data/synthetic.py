@@ -3,8 +3,10 @@
 Small enough to run the whole pipeline on a laptop CPU, hard enough that weak supervision
 is a real problem:
 
-- each class is a shape with its own texture; colours come from one distribution shared
-  by every class (and by the clutter), so colour says nothing about the class;
+- each class is a shape with its own texture and a family of hues around its own hue
+  (``hue_spread`` wide: 1 makes colour say nothing about the class); the clutter and the
+  background take any hue, so colour alone also fires on clutter, as context does on
+  real photographs;
 - the background is textured and cluttered with class-free distractor shapes;
 - objects occlude each other (an instance's mask is its visible part);
 - a share of the images holds two touching instances of the same class: the case that
@@ -199,15 +201,28 @@ CLASS_TEXTURES: tuple[TextureFn, ...] = (_stripes, _dots, _checker, _rings, _gri
 DISTRACTOR_TEXTURES: tuple[TextureFn, ...] = (_solid, _ramp, _waves)
 
 
-# -- colours: one distribution for every class, the clutter and the background -----------
-def _colour(rng: np.random.Generator) -> np.ndarray:
-    hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.25, 0.9), rng.uniform(0.35, 0.95)
+# -- colours -----------------------------------------------------------------------------
+# A hue family: (centre, spread) on the hue circle [0, 1); spread 1 is every hue.
+ANY_HUE = (0.0, 1.0)
+
+
+def _colour(rng: np.random.Generator, hues: tuple[float, float] = ANY_HUE) -> np.ndarray:
+    centre, spread = hues
+    hue = (centre + spread * rng.uniform(-0.5, 0.5)) % 1.0
+    saturation, value = rng.uniform(0.25, 0.9), rng.uniform(0.35, 0.95)
     return np.array(colorsys.hsv_to_rgb(hue, saturation, value), dtype=np.float32)
 
 
-def _two_tones(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A colour and a darker or lighter tone of it, the texture's second tone."""
-    base = _colour(rng)
+def class_hues(class_index: int, num_classes: int, spread: float) -> tuple[float, float]:
+    """The hue family of a class: centres evenly around the circle, ``spread`` wide."""
+    return class_index / num_classes, spread
+
+
+def _two_tones(
+    rng: np.random.Generator, hues: tuple[float, float] = ANY_HUE
+) -> tuple[np.ndarray, np.ndarray]:
+    """A colour of the hue family and a darker or lighter tone of it, the texture's second tone."""
+    base = _colour(rng, hues)
     if rng.random() < 0.5:
         return base, base * rng.uniform(0.25, 0.5)
     return base, base + (1.0 - base) * rng.uniform(0.45, 0.75)
@@ -276,9 +291,10 @@ def _paint(
     texture: TextureFn,
     rng: np.random.Generator,
     radius: float,
+    hues: tuple[float, float] = ANY_HUE,
 ) -> None:
     """Fill ``footprint`` on ``canvas`` [H, W, 3] with a two-tone texture under soft light."""
-    tone_a, tone_b = _two_tones(rng)
+    tone_a, tone_b = _two_tones(rng, hues)
     period = rng.uniform(*PERIOD)
     u, v = _rotate(footprint.dy, footprint.dx, rng.uniform(0, 2 * math.pi))
     mix = texture(u + rng.uniform(0, period), v + rng.uniform(0, period), period, rng)
@@ -516,7 +532,8 @@ def render_image(params: SynthesizeParams, split: str, index: int) -> SyntheticI
     for class_index in plan:
         _push_random(rng, stack, class_index, scale)
     for class_index, footprint, pose in zip(stack.classes, stack.footprints, stack.poses):
-        _paint(canvas, footprint, CLASS_TEXTURES[class_index], rng, pose.radius)
+        hues = class_hues(class_index, params.num_classes, params.hue_spread)
+        _paint(canvas, footprint, CLASS_TEXTURES[class_index], rng, pose.radius, hues)
 
     # A touch of blur and sensor noise, so edges and flat areas look photographed.
     canvas = ndimage.gaussian_filter(canvas, sigma=(0.5, 0.5, 0.0))
