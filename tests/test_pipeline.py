@@ -98,7 +98,7 @@ def test_plots_show_renders_curves_and_galleries(project: Path) -> None:
     assert (project / "plots/index.html").is_file()
 
 
-@pytest.mark.parametrize("supervision", ["point"])
+@pytest.mark.parametrize("supervision", ["point", "full"])
 def test_other_supervisions_run_as_experiments(project: Path, supervision: str) -> None:
     result = _dvc(project, "exp", "run", "--temp", "-S", f"supervision={supervision}")
     assert "Ran experiment" in result.stdout + result.stderr
