@@ -10,13 +10,15 @@ Prints a Markdown table; asserts nothing. Rows:
 - post-processing: network outputs -> instances, one 128x128 image;
 - training iteration: forward + backward + Adam step + self-refinement of the default
   small BESTIE network on a batch of 8 crops of 128x128 (no data loading);
-- stages: wall time of `dvc repro --force --single-item STAGE` for every stage, in DAG order.
+- stages: wall time of `dvc repro --force --single-item STAGE` for every stage, in DAG order,
+  their sum, and the peak resident memory of any process they ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -133,8 +135,13 @@ def main() -> None:
     iteration = bench_training_iteration(args.classes)
     print(f"| training iteration, batch 8 at 128x128 (small net) | {iteration:.0f} ms ({1000 / iteration:.2f} it/s) |")
     if args.stages:
-        for stage, seconds in bench_stages():
+        rows = bench_stages()
+        for stage, seconds in rows:
             print(f"| stage `{stage}` | {seconds:.1f} s |")
+        print(f"| whole pipeline (sum of the stages) | {sum(s for _, s in rows) / 60:.1f} min |")
+        # ru_maxrss of waited-for children: the largest resident set of any one process (KiB on Linux).
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        print(f"| peak memory of a stage process | {peak:.2f} GiB |")
 
 
 if __name__ == "__main__":

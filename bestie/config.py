@@ -138,7 +138,7 @@ class TrainParams:
 
     backbone: str = _f("small", choices=("small", "resnet50", "resnet101"))
     pretrained: bool = _f(False)
-    iterations: int = _f(1000, min=1)
+    iterations: int = _f(1800, min=1)
     batch_size: int = _f(8, min=1)  # global batch, split over processes
     crop_size: int = _f(128, min=16)
     scale_min: float = _f(0.7, min=0.1)
