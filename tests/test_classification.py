@@ -60,9 +60,9 @@ class TinySet(torch.utils.data.Dataset):
 
 def test_train_classifier_runs_and_reports(tmp_path):
     torch.manual_seed(0)
-    model = build_classifier(2, "small", width=8, alpha=0.7)
+    params = ClassifierParams(width=8, alpha=0.7, epochs=2, lr_steps=[1], batch_size=4, workers=0)
+    model = build_classifier(2, "small", width=params.width, alpha=params.alpha)
     before = [p.detach().clone() for p in model.parameters()]
-    params = ClassifierParams(width=8, epochs=2, lr_steps=[1], batch_size=4, workers=0)
     metrics = train_classifier(model, TinySet(8), TinySet(4), params, torch.device("cpu"), seed=0)
     assert set(metrics) == {"cls_map", "cls_f1_macro", "cls_f1_micro", "train_loss"}
     assert all(math.isfinite(v) for v in metrics.values())
