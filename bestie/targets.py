@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bestie.data.transforms import GeometricTransform
+
 __all__ = [
     "center_heatmap",
     "offset_and_weight",
@@ -185,6 +187,9 @@ def transform_points(
 ) -> np.ndarray:
     """Map (x, y) points of an [H, W] image through scale, crop and horizontal flip.
 
+    A checked functional form of :meth:`GeometricTransform.apply_points`, the one the
+    training data uses.
+
     Args:
         points_xy: [N, 2] (x, y) in the original image.
         size: (H, W) of the original image.
@@ -193,19 +198,10 @@ def transform_points(
     Returns:
         [N, 2] float32 (x, y) in the crop; they may lie outside it.
     """
-    points_xy = np.asarray(points_xy, dtype=np.float64)
+    points_xy = np.asarray(points_xy)
     if points_xy.ndim != 2 or points_xy.shape[1] != 2:
         raise ValueError(f"points_xy: expected shape [N, 2], got {points_xy.shape}")
-    height, width = size
-    out_h, out_w = scaled_size(height, width, scale)
-    x0, y0, x1, _ = _check_crop_box(crop_box)
-    # Pixel-center convention: the ratio of the actual sizes, not `scale`, keeps points on
-    # the pixels nearest-neighbour resampling takes them to.
-    x = (points_xy[:, 0] + 0.5) * (out_w / width) - 0.5 - x0
-    y = (points_xy[:, 1] + 0.5) * (out_h / height) - 0.5 - y0
-    if flip:
-        x = (x1 - x0 - 1) - x
-    return np.stack([x, y], axis=1).astype(np.float32)
+    return _geometric(size, scale, crop_box, flip).apply_points(points_xy)
 
 
 def transform_instances(
@@ -216,6 +212,9 @@ def transform_instances(
     flip: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply the training augmentation (scale, crop, horizontal flip) to instances.
+
+    A checked functional form of :class:`GeometricTransform`'s ``apply_labels`` (padding 0)
+    and ``apply_points``.
 
     Args:
         instance_map: [H, W] integer; 0 = none, k = instance k.
@@ -236,29 +235,17 @@ def transform_instances(
     instance_map = np.asarray(instance_map)
     if instance_map.ndim != 2:
         raise ValueError(f"instance_map: expected a 2-D [H, W] map, got shape {instance_map.shape}")
-    height, width = instance_map.shape
-    out_h, out_w = scaled_size(height, width, scale)
-    x0, y0, x1, y1 = _check_crop_box(crop_box)
-
-    # One gather from the source map: crop pixel -> scaled pixel -> source pixel.
-    cols = np.arange(x0, x1)
-    if flip:
-        cols = cols[::-1]
-    src_rows = _nearest_source(np.arange(y0, y1), height, out_h)
-    src_cols = _nearest_source(cols, width, out_w)
-    valid = (src_rows >= 0)[:, None] & (src_cols >= 0)[None, :]
-    gathered = instance_map[np.maximum(src_rows, 0)[:, None], np.maximum(src_cols, 0)[None, :]]
-    transformed = np.where(valid, gathered, 0).astype(instance_map.dtype)
-
-    centers = transform_points(centers_xy, (height, width), scale, crop_box, flip)
-    return transformed, centers
+    transform = _geometric(instance_map.shape, scale, crop_box, flip)
+    return transform.apply_labels(instance_map, fill=0), transform_points(
+        centers_xy, instance_map.shape, scale, crop_box, flip
+    )
 
 
-def _nearest_source(scaled_index: np.ndarray, source_len: int, scaled_len: int) -> np.ndarray:
-    """Source index of each scaled pixel index (nearest, pixel centers aligned); -1 outside."""
-    source = np.floor((scaled_index + 0.5) * (source_len / scaled_len)).astype(np.intp)
-    inside = (scaled_index >= 0) & (scaled_index < scaled_len)
-    return np.where(inside, np.minimum(source, source_len - 1), -1)
+def _geometric(
+    size: tuple[int, int], scale: float, crop_box: tuple[int, int, int, int], flip: bool
+) -> GeometricTransform:
+    scaled_size(*size, scale)  # checks the scale
+    return GeometricTransform(tuple(size), scale, _check_crop_box(crop_box), flip)
 
 
 def _check_crop_box(crop_box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
