@@ -93,7 +93,7 @@ class PeaksParams:
     nms_kernel: int = _f(15, min=1)
     max_per_class: int = _f(25, min=1)
     score_thresh: float = _f(0.1, min=0.0, max=1.0)
-    pseudo_thresh: float = _f(0.7, min=0.0, max=1.0)  # only peaks above it are used downstream
+    pseudo_thresh: float = _f(0.3, min=0.0, max=1.0)  # only peaks above it are used downstream (published 0.7)
     batch_size: int = _f(16, min=1)  # images of different sizes are padded to the largest
 
     def __post_init__(self) -> None:
