@@ -89,6 +89,7 @@ def bench_training_iteration(num_classes: int) -> float:
         "center": data["center"],
         "offset": data["offset"],
         "weight": (data["semantic"] > 0).float()[:, None],
+        "center_weight": (data["semantic"] > 0).float()[:, None],
         "component_map": data["component_map"],
         "component_class": data["component_class"],
     }

@@ -153,6 +153,9 @@ class TrainParams:
     center_weight: float = _f(200.0, min=0.0)
     offset_weight: float = _f(0.01, min=0.0)
     hard_pixel_ratio: float = _f(0.2, min=0.0, max=1.0)
+    # point/full label every object's center, so the center loss may count on every pixel;
+    # false: only on accepted instances, as image-level labels require (METHOD.md §3)
+    dense_center_loss: bool = _f(True)
     refine: bool = _f(True)
     refine_iter: int = _f(0, min=0)
     refine_thresh: float = _f(0.3, min=0.0)

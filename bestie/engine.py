@@ -90,7 +90,7 @@ def compute_losses(outputs: dict, batch: dict, refined: dict | None, params: Tra
         {"loss": total, "seg": ..., "center": ..., "offset": ...} scalars.
     """
     seg = hard_pixel_cross_entropy(outputs["seg"], batch["semantic"], params.hard_pixel_ratio)
-    center = weighted_mse(outputs["center"], batch["center"], batch["weight"])
+    center = weighted_mse(outputs["center"], batch["center"], batch["center_weight"])
     offset = weighted_l1(outputs["offset"], batch["offset"], batch["weight"])
     if refined is not None:
         if "center" in refined:

@@ -21,6 +21,7 @@ from bestie.data.transforms import GeometricTransform
 
 __all__ = [
     "center_heatmap",
+    "center_loss_weight",
     "offset_and_weight",
     "render_targets",
     "scaled_size",
@@ -176,6 +177,20 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale: must be a positive number, got {scale}")
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def center_loss_weight(weight: Tensor, supervision: str, dense: bool) -> Tensor:
+    """Where the center loss counts, [1, H, W], given the offset loss's ``weight`` [1, H, W].
+
+    Point and full labels give every object's center, so their heatmap has no missing peak
+    and (with ``dense``) its loss counts on every pixel, background included. Image-level
+    centers exist only for accepted instances, so there it counts on those alone (the
+    instance-aware guidance of METHOD.md §3): elsewhere a missing peak would be taught as
+    background.
+    """
+    if dense and supervision in ("point", "full"):
+        return torch.ones_like(weight)
+    return weight
 
 
 def transform_points(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from bestie.targets import render_targets
+from bestie.targets import center_loss_weight, render_targets
 
 NUM_CLASSES = 2
 SIZE = 32
@@ -35,6 +35,7 @@ class FakeBestieData(Dataset):
             "semantic": semantic,
             **render_targets(instance_map, centers, classes, NUM_CLASSES),
         }
+        sample["center_weight"] = center_loss_weight(sample["weight"], self.supervision, dense=True)
         if self.supervision == "cls":
             sample["component_map"] = (instance_map > 0).long()
             sample["component_class"] = classes[:1]

@@ -10,6 +10,7 @@ import torch
 
 from bestie.targets import (
     center_heatmap,
+    center_loss_weight,
     offset_and_weight,
     render_targets,
     scaled_size,
@@ -147,6 +148,23 @@ def test_extra_centers_are_drawn_on_the_heatmap_only():
     torch.testing.assert_close(with_extra["center"][0], plain["center"][0])
     torch.testing.assert_close(with_extra["offset"], plain["offset"])
     torch.testing.assert_close(with_extra["weight"], plain["weight"])
+
+
+@pytest.mark.parametrize("supervision", ["point", "full"])
+def test_complete_center_labels_supervise_the_heatmap_everywhere(supervision):
+    weight = torch.zeros(1, 6, 6)
+    weight[0, :2, :2] = 1.0  # the one accepted instance
+    assert center_loss_weight(weight, supervision, dense=True).eq(1).all()
+    # dense off: the instance-aware guidance of image-level labels.
+    assert torch.equal(center_loss_weight(weight, supervision, dense=False), weight)
+
+
+def test_image_level_centers_count_only_on_accepted_instances():
+    # A rejected component's objects have no center label: a dense loss would teach them as
+    # background, so dense_center_loss never applies to image-level supervision.
+    weight = torch.zeros(1, 6, 6)
+    weight[0, :2, :2] = 1.0
+    assert torch.equal(center_loss_weight(weight, "cls", dense=True), weight)
 
 
 def test_targets_follow_the_input_dtype_free_of_float64():

@@ -24,7 +24,7 @@ from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
 from bestie.pseudo_labels import load_pseudo_label, load_records
 from bestie.refine import wsss_components
-from bestie.targets import render_targets
+from bestie.targets import center_loss_weight, render_targets
 
 __all__ = ["BestieTrainDataset", "collate_samples"]
 
@@ -45,7 +45,8 @@ class BestieTrainDataset(Dataset):
 
     A sample is a dict of tensors:
         image [3, S, S] float; semantic [S, S] long (255 ignore); center [C, S, S];
-        offset [2, S, S]; weight [1, S, S]; with ``cls``: component_map [S, S] long and
+        offset [2, S, S]; weight [1, S, S] (offset loss); center_weight [1, S, S] (center
+        loss: 1 everywhere for ``point``/``full`` with ``dense_center_loss``, else ``weight``); with ``cls``: component_map [S, S] long and
         component_class [K] long; with ``point``: points [P, 2] (x, y) and point_classes [P].
     """
 
@@ -117,6 +118,7 @@ class BestieTrainDataset(Dataset):
             sigma=params.sigma,
             **extra,
         )
+        targets["center_weight"] = center_loss_weight(targets["weight"], self.supervision, params.dense_center_loss)
         sample = {"image": normalize(image), "semantic": torch.from_numpy(semantic.astype(np.int64)), **targets}
         if self.supervision == "cls":
             component_map, component_class = wsss_components(semantic, record.labels, self.min_size)
