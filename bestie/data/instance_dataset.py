@@ -46,8 +46,9 @@ class BestieTrainDataset(Dataset):
     A sample is a dict of tensors:
         image [3, S, S] float; semantic [S, S] long (255 ignore); center [C, S, S];
         offset [2, S, S]; weight [1, S, S] (offset loss); center_weight [1, S, S] (center
-        loss: 1 everywhere for ``point``/``full`` with ``dense_center_loss``, else ``weight``); with ``cls``: component_map [S, S] long and
-        component_class [K] long; with ``point``: points [P, 2] (x, y) and point_classes [P].
+        loss, see :func:`bestie.targets.center_loss_weight`); with ``cls``: component_map
+        [S, S] long and component_class [K] long; with ``point``: points [P, 2] (x, y) and
+        point_classes [P].
     """
 
     def __init__(
