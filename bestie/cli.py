@@ -53,24 +53,34 @@ def read_rgb(path: Path) -> np.ndarray:
         raise BestieError(f"{path}: unreadable or truncated image ({err})") from None
 
 
-def predict_command(args: argparse.Namespace) -> None:
-    device = select_device(args.device)
+def predict_images(
+    inputs: list[str],
+    checkpoint_path: str,
+    out_dir: str,
+    device: str = "auto",
+    batch_size: int = 4,
+    flip: bool = True,
+    score_thresh: float = 0.0,
+    classes_file: str | None = None,
+) -> None:
+    """A trained checkpoint on images and folders -> ``out_dir``: COCO results + overlays."""
+    device = select_device(device)
     class_names = None
-    if args.classes:
-        class_names = [n.strip() for n in Path(args.classes).read_text().splitlines() if n.strip()]
-    model, checkpoint = load_bestie(args.checkpoint, device, class_names=class_names)
+    if classes_file:
+        class_names = [n.strip() for n in Path(classes_file).read_text().splitlines() if n.strip()]
+    model, checkpoint = load_bestie(checkpoint_path, device, class_names=class_names)
     class_names = checkpoint["class_names"]
-    options = replace(EvaluateParams(), flip=args.flip)
-    paths = find_images(args.inputs)
+    options = replace(EvaluateParams(), flip=flip)
+    paths = find_images(inputs)
     results, images_table = [], []
-    with atomic_dir(args.out) as out:
-        batches = [paths[i : i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
+    with atomic_dir(out_dir) as out:
+        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
         image_id = 0
         for chunk in tqdm(batches, desc="predict", unit="batch", disable=None):
             pixels = [read_rgb(p) for p in chunk]
             for path, image, instances in zip(chunk, pixels, predict_batch(model, pixels, device, options)):
                 image_id += 1
-                keep = instances.scores >= args.score_thresh
+                keep = instances.scores >= score_thresh
                 masks, classes, scores = instances.masks[keep], instances.classes[keep], instances.scores[keep]
                 images_table.append({"id": image_id, "file_name": str(path), "height": image.shape[0], "width": image.shape[1]})
                 results += masks_to_results(masks, classes, scores, image_id)
@@ -79,7 +89,14 @@ def predict_command(args: argparse.Namespace) -> None:
         write_json(out / "predictions.json", results, indent=None)
         write_json(out / "images.json", {"images": images_table, "categories": [
             {"id": i + 1, "name": name} for i, name in enumerate(class_names)]})
-    print(f"{len(results)} instances in {len(paths)} images -> {args.out}")
+    print(f"{len(results)} instances in {len(paths)} images -> {out_dir}")
+
+
+def predict_command(args: argparse.Namespace) -> None:
+    predict_images(
+        args.inputs, args.checkpoint, args.out, device=args.device, batch_size=args.batch_size,
+        flip=args.flip, score_thresh=args.score_thresh, classes_file=args.classes,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -213,10 +213,7 @@ def transform_points(
     Returns:
         [N, 2] float32 (x, y) in the crop; they may lie outside it.
     """
-    points_xy = np.asarray(points_xy)
-    if points_xy.ndim != 2 or points_xy.shape[1] != 2:
-        raise ValueError(f"points_xy: expected shape [N, 2], got {points_xy.shape}")
-    return _geometric(size, scale, crop_box, flip).apply_points(points_xy)
+    return _geometric(size, scale, crop_box, flip).apply_points(_check_points(points_xy, "points_xy"))
 
 
 def transform_instances(
@@ -251,9 +248,7 @@ def transform_instances(
     if instance_map.ndim != 2:
         raise ValueError(f"instance_map: expected a 2-D [H, W] map, got shape {instance_map.shape}")
     transform = _geometric(instance_map.shape, scale, crop_box, flip)
-    return transform.apply_labels(instance_map, fill=0), transform_points(
-        centers_xy, instance_map.shape, scale, crop_box, flip
-    )
+    return transform.apply_labels(instance_map, fill=0), transform.apply_points(_check_points(centers_xy, "centers_xy"))
 
 
 def _geometric(
@@ -261,6 +256,13 @@ def _geometric(
 ) -> GeometricTransform:
     scaled_size(*size, scale)  # checks the scale
     return GeometricTransform(tuple(size), scale, _check_crop_box(crop_box), flip)
+
+
+def _check_points(points_xy: np.ndarray, name: str) -> np.ndarray:
+    points_xy = np.asarray(points_xy)
+    if points_xy.ndim != 2 or points_xy.shape[1] != 2:
+        raise ValueError(f"{name}: expected shape [N, 2], got {points_xy.shape}")
+    return points_xy
 
 
 def _check_crop_box(crop_box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
