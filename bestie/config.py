@@ -153,8 +153,8 @@ class TrainParams:
     center_weight: float = _f(200.0, min=0.0)
     offset_weight: float = _f(0.01, min=0.0)
     hard_pixel_ratio: float = _f(0.2, min=0.0, max=1.0)
-    # point/full label every object's center, so the center loss may count on every pixel;
-    # false: only on accepted instances, as image-level labels require (METHOD.md §3)
+    # the center loss counts wherever the heatmap is known: every pixel for point/full, accepted
+    # instances and background for cls; false: accepted instances only (METHOD.md §3)
     dense_center_loss: bool = _f(True)
     refine: bool = _f(True)
     refine_iter: int = _f(0, min=0)

@@ -179,18 +179,27 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def center_loss_weight(weight: Tensor, supervision: str, dense: bool) -> Tensor:
+def center_loss_weight(weight: Tensor, semantic: Tensor, supervision: str, dense: bool) -> Tensor:
     """Where the center loss counts, [1, H, W], given the offset loss's ``weight`` [1, H, W].
 
-    Point and full labels give every object's center, so their heatmap has no missing peak
-    and (with ``dense``) its loss counts on every pixel, background included. Image-level
-    centers exist only for accepted instances, so there it counts on those alone (the
-    instance-aware guidance of METHOD.md §3): elsewhere a missing peak would be taught as
-    background.
+    With ``dense``, the loss counts wherever the center heatmap is known:
+
+    - point and full labels give every object's center: every pixel, background included;
+    - image-level labels give the centers of accepted instances only. The heatmap is known
+      on them and on the semantic map's background (``semantic == 0``: no object, so no
+      center); it is unknown on rejected components, whose objects' centers are missing.
+
+    Without ``dense``, only on accepted instances (the instance-aware guidance of METHOD.md §3).
+
+    Args:
+        weight: [1, H, W] 1 on accepted instance pixels, 0 elsewhere.
+        semantic: [H, W] long: 0 background, c + 1 class c, 255 ignore (padding included).
     """
-    if dense and supervision in ("point", "full"):
+    if not dense:
+        return weight
+    if supervision in ("point", "full"):
         return torch.ones_like(weight)
-    return weight
+    return torch.maximum(weight, (semantic == 0).to(weight.dtype)[None])
 
 
 def transform_points(

@@ -35,7 +35,7 @@ class FakeBestieData(Dataset):
             "semantic": semantic,
             **render_targets(instance_map, centers, classes, NUM_CLASSES),
         }
-        sample["center_weight"] = center_loss_weight(sample["weight"], self.supervision, dense=True)
+        sample["center_weight"] = center_loss_weight(sample["weight"], sample["semantic"], self.supervision, dense=True)
         if self.supervision == "cls":
             sample["component_map"] = (instance_map > 0).long()
             sample["component_class"] = classes[:1]

@@ -150,21 +150,41 @@ def test_extra_centers_are_drawn_on_the_heatmap_only():
     torch.testing.assert_close(with_extra["weight"], plain["weight"])
 
 
-@pytest.mark.parametrize("supervision", ["point", "full"])
-def test_complete_center_labels_supervise_the_heatmap_everywhere(supervision):
-    weight = torch.zeros(1, 6, 6)
-    weight[0, :2, :2] = 1.0  # the one accepted instance
-    assert center_loss_weight(weight, supervision, dense=True).eq(1).all()
-    # dense off: the instance-aware guidance of image-level labels.
-    assert torch.equal(center_loss_weight(weight, supervision, dense=False), weight)
-
-
-def test_image_level_centers_count_only_on_accepted_instances():
-    # A rejected component's objects have no center label: a dense loss would teach them as
-    # background, so dense_center_loss never applies to image-level supervision.
+def _one_accepted_one_rejected():
+    """A 6x6 crop: an accepted instance (class 0) top-left, a rejected component (class 1)
+    bottom-right, one ignored pixel, background elsewhere."""
+    semantic = torch.zeros(6, 6, dtype=torch.long)
+    semantic[:2, :2] = 1
+    semantic[3:, 3:] = 2
+    semantic[0, 5] = 255
     weight = torch.zeros(1, 6, 6)
     weight[0, :2, :2] = 1.0
-    assert torch.equal(center_loss_weight(weight, "cls", dense=True), weight)
+    return weight, semantic
+
+
+@pytest.mark.parametrize("supervision", ["point", "full"])
+def test_complete_center_labels_supervise_the_heatmap_everywhere(supervision):
+    weight, semantic = _one_accepted_one_rejected()
+    assert center_loss_weight(weight, semantic, supervision, dense=True).eq(1).all()
+
+
+@pytest.mark.parametrize("supervision", ["cls", "point", "full"])
+def test_without_dense_the_center_loss_counts_on_accepted_instances_only(supervision):
+    weight, semantic = _one_accepted_one_rejected()
+    assert torch.equal(center_loss_weight(weight, semantic, supervision, dense=False), weight)
+
+
+def test_image_level_centers_count_where_the_heatmap_is_known():
+    # Known: accepted instances (their centers are drawn) and background (no object there).
+    # Unknown: a rejected component's objects have no center label, and an ignored pixel
+    # may be an object; teaching either as "no center" would be wrong.
+    weight, semantic = _one_accepted_one_rejected()
+    center_weight = center_loss_weight(weight, semantic, "cls", dense=True)
+    expected = ((semantic == 0) | (weight[0] > 0)).float()[None]
+    assert torch.equal(center_weight, expected)
+    assert center_weight[0, 3:, 3:].eq(0).all()  # the rejected component
+    assert center_weight[0, 0, 5] == 0  # the ignored pixel
+    assert center_weight.dtype == weight.dtype and center_weight.shape == weight.shape
 
 
 def test_targets_follow_the_input_dtype_free_of_float64():

@@ -119,8 +119,11 @@ class BestieTrainDataset(Dataset):
             sigma=params.sigma,
             **extra,
         )
-        targets["center_weight"] = center_loss_weight(targets["weight"], self.supervision, params.dense_center_loss)
-        sample = {"image": normalize(image), "semantic": torch.from_numpy(semantic.astype(np.int64)), **targets}
+        semantic_labels = torch.from_numpy(semantic.astype(np.int64))
+        targets["center_weight"] = center_loss_weight(
+            targets["weight"], semantic_labels, self.supervision, params.dense_center_loss
+        )
+        sample = {"image": normalize(image), "semantic": semantic_labels, **targets}
         if self.supervision == "cls":
             component_map, component_class = wsss_components(semantic, record.labels, self.min_size)
             sample["component_map"] = torch.from_numpy(component_map.astype(np.int64))
