@@ -8,6 +8,8 @@ Prints a Markdown table; asserts nothing. Rows:
 - target rendering: center/offset/weight maps of one 128x128 training crop with 5 instances;
 - self-refinement: one batch of 8 at 128x128 (image-level and point-level);
 - post-processing: network outputs -> instances, one 128x128 image;
+- segmentation refinement: the PAMR pass inference runs on the class probabilities before
+  post-processing (``evaluate.seg_refine``), one 128x128 image;
 - training iteration: forward + backward + Adam step + self-refinement of the default
   small BESTIE network on a batch of 8 crops of 128x128 (no data loading);
 - stages: wall time of `dvc repro --force --single-item STAGE` for every stage, in DAG order,
@@ -33,8 +35,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_refine_postprocess import synthetic_batch  # noqa: E402
 
-from bestie.config import TrainParams  # noqa: E402
+from bestie.config import SegRefineParams, TrainParams  # noqa: E402
 from bestie.engine import compute_losses, self_refine  # noqa: E402
+from bestie.inference import refine_segmentation  # noqa: E402
 from bestie.models import BestieNet  # noqa: E402
 from bestie.postprocess import postprocess  # noqa: E402
 from bestie.refine import refine_image_level, refine_point_level  # noqa: E402
@@ -74,7 +77,9 @@ def bench_refine_and_postprocess(num_classes: int) -> dict[str, float]:
         data["offset"], data["semantic"], data["points_xy"], data["point_classes"], num_classes), 20)
     post = median_ms(lambda: postprocess(data["seg"][0], data["center"][0], data["offset"][0],
                                          image_size=(128, 128)), 30)
-    return {"refine_image": image_level, "refine_point": point_level, "postprocess": post}
+    image = torch.randn(3, 128, 128, generator=torch.Generator().manual_seed(0))
+    seg_refine = median_ms(lambda: refine_segmentation(image, data["seg"][0], SegRefineParams()), 20)
+    return {"refine_image": image_level, "refine_point": point_level, "postprocess": post, "seg_refine": seg_refine}
 
 
 def bench_training_iteration(num_classes: int) -> float:
@@ -133,6 +138,8 @@ def main() -> None:
     print(f"| self-refinement, image-level, batch of 8 at 128x128 | {speeds['refine_image']:.1f} ms |")
     print(f"| self-refinement, point-level, batch of 8 at 128x128 | {speeds['refine_point']:.1f} ms |")
     print(f"| post-processing, one 128x128 image | {speeds['postprocess']:.1f} ms |")
+    print(f"| segmentation refinement before it (`evaluate.seg_refine`), one 128x128 image | "
+          f"{speeds['seg_refine']:.1f} ms |")
     iteration = bench_training_iteration(args.classes)
     print(f"| training iteration, batch 8 at 128x128 (small net) | {iteration:.0f} ms ({1000 / iteration:.2f} it/s) |")
     if args.stages:

@@ -295,27 +295,37 @@ class PseudoLabels:
     refined: Tensor  # [H, W] uint8: the refined map, 255 where unsure
 
 
-def refine_scores(guide: Tensor, scores: Tensor, params: WSSSParams) -> Tensor:
-    """Refine ``[K + 1, H, W]`` scores on a grid ``params.refine_stride`` times coarser.
+def refine_scores(
+    guide: Tensor,
+    scores: Tensor,
+    *,
+    method: str = "pamr",
+    stride: int = 2,
+    dilations: Sequence[int] = (1, 2, 4, 8, 12, 16),
+    iterations: int = 30,
+) -> Tensor:
+    """Refine ``[K + 1, H, W]`` scores on a grid ``stride`` times coarser.
 
-    The guide and the scores are average-pooled by the stride, refined there (``pamr`` or
-    ``crf``, its dilations in coarse pixels: a stride of 2 quarters the cost and doubles the
-    reach), and the probabilities resized back (bilinear).
+    The guide and the scores are average-pooled by the stride, refined there (``method``
+    ``"pamr"`` or ``"crf"``, its ``dilations`` in coarse pixels: a stride of 2 quarters the
+    cost and doubles the reach), and the probabilities resized back (bilinear).
 
     Returns:
         ``[K + 1, H, W]`` probabilities (summing to 1 over channels).
     """
+    if method not in ("pamr", "crf"):
+        raise ValueError(f"method: must be 'pamr' or 'crf', got {method!r}")
     height, width = scores.shape[-2:]
-    if params.refine_stride > 1:
-        guide = F.avg_pool2d(guide[None], params.refine_stride, ceil_mode=True)[0]
-        scores = F.avg_pool2d(scores[None], params.refine_stride, ceil_mode=True)[0]
-    if params.refine == "pamr":
-        refined = pamr(guide, scores, params.dilations, params.iterations)
+    if stride > 1:
+        guide = F.avg_pool2d(guide[None], stride, ceil_mode=True)[0]
+        scores = F.avg_pool2d(scores[None], stride, ceil_mode=True)[0]
+    if method == "pamr":
+        refined = pamr(guide, scores, dilations, iterations)
         probs = refined / refined.sum(dim=0, keepdim=True).clamp(min=1e-8)
     else:
         probs = scores / scores.sum(dim=0, keepdim=True).clamp(min=1e-8)
-        probs = dense_crf(guide, probs, params.dilations, params.iterations)
-    if params.refine_stride > 1:
+        probs = dense_crf(guide, probs, dilations, iterations)
+    if stride > 1:
         probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
     return probs
 
@@ -335,7 +345,10 @@ def semantic_pseudo_labels(model: nn.Module, image: Tensor, classes: Tensor, par
         return PseudoLabels(image.new_zeros((0, height, width)), background, background)
     cams = class_activation_maps(model, image, classes, params.scales, params.flip)
     scores = with_background(cams, params.bg_threshold)
-    probs = refine_scores(texture_guide(image, params.texture_window), scores, params)
+    probs = refine_scores(
+        texture_guide(image, params.texture_window), scores, method=params.refine,
+        stride=params.refine_stride, dilations=params.dilations, iterations=params.iterations,
+    )
     return PseudoLabels(
         cams, threshold_labels(scores, classes), confident_labels(probs, classes, params.min_confidence)
     )

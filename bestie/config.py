@@ -169,10 +169,29 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class SegRefineParams:
+    """Inference: the predicted class probabilities snapped to image edges before grouping.
+
+    The ``wsss`` stage's pixel-adaptive refinement (:func:`bestie.cam.pamr`), run on the
+    network's softmax instead of on CAMs: fewer iterations, since the maps are already sharp.
+    """
+
+    iterations: int = _f(10, min=0)  # 0: off
+    texture_window: int = _f(5, choices=(1, 3, 5, 7, 9))  # guide: colour + local mean, std (1: colour)
+    stride: int = _f(2, choices=(1, 2, 4))  # refine on a grid this many times coarser
+    dilations: list[int] = _f([1, 2, 4, 8, 12, 16], min=1)  # neighbourhoods, in coarse px
+
+    def __post_init__(self) -> None:
+        if not self.dilations:
+            raise BestieError("params: evaluate.seg_refine.dilations must not be empty")
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Inference post-processing (METHOD.md §7) and evaluation on val."""
 
     flip: bool = _f(True)
+    seg_refine: SegRefineParams = field(default_factory=SegRefineParams)
     center_thresh: float = _f(0.1, min=0.0)
     nms_kernel: int = _f(41, min=1)
     min_size: int = _f(50, min=1)

@@ -6,13 +6,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from bestie.cam import refine_scores, texture_guide
 from bestie.checkpoint import load_checkpoint
-from bestie.config import EvaluateParams
+from bestie.config import EvaluateParams, SegRefineParams
 from bestie.data.transforms import normalize
 from bestie.models import BestieNet
 from bestie.postprocess import Instances, merge_flip, postprocess
 
-__all__ = ["load_bestie", "predict_batch", "predict_instances"]
+__all__ = ["load_bestie", "refine_segmentation", "predict_batch", "predict_instances"]
 
 
 def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module, dict]:
@@ -24,6 +25,26 @@ def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module
     model = BestieNet(len(checkpoint["class_names"]), checkpoint["config"]["backbone"], pretrained=False)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint
+
+
+def refine_segmentation(image: torch.Tensor, seg_logits: torch.Tensor, options: SegRefineParams) -> torch.Tensor:
+    """The network's class probabilities snapped to the edges of its input image.
+
+    Args:
+        image: [3, H, W] the normalised input image (the refinement's guide).
+        seg_logits: [C+1, H, W] segmentation logits of that image.
+    Returns:
+        [C+1, H, W] log-probabilities after refinement: logits for :func:`postprocess`,
+        whose argmax and softmax are the refined labels and probabilities. ``seg_logits``
+        unchanged when ``options.iterations`` is 0.
+    """
+    if options.iterations == 0:
+        return seg_logits
+    probs = refine_scores(
+        texture_guide(image, options.texture_window), seg_logits.float().softmax(dim=0),
+        method="pamr", stride=options.stride, dilations=options.dilations, iterations=options.iterations,
+    )
+    return probs.clamp(min=1e-8).log()
 
 
 def _pad_batch(images: list[np.ndarray], multiple: int = 8) -> torch.Tensor:
@@ -47,7 +68,8 @@ def predict_batch(
     """Instances of several images of any sizes, each at its own size.
 
     The images are padded into one batch (and its mirror image when ``options.flip``),
-    run through ``model`` once, and each image's region of the outputs is post-processed.
+    run through ``model`` once, and each image's region of the outputs is refined
+    (``options.seg_refine``, :func:`refine_segmentation`) and post-processed.
 
     Args:
         model: a BestieNet in eval mode.
@@ -64,6 +86,7 @@ def predict_batch(
     for i, image in enumerate(images):
         height, width = image.shape[:2]
         seg, center, offset = (outputs[k][i, :, :height, :width] for k in ("seg", "center", "offset"))
+        seg = refine_segmentation(batch[i, :, :height, :width], seg, options.seg_refine)
         guide = None
         if points is not None and points[i] is not None:
             given = points[i]

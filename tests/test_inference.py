@@ -1,0 +1,73 @@
+"""Inference on whole images: the segmentation refinement and the batched prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from bestie.config import EvaluateParams, SegRefineParams
+from bestie.inference import predict_batch, refine_segmentation
+from bestie.models import BestieNet
+
+SIZE = 32
+
+
+def _two_tone_image() -> torch.Tensor:
+    """[3, 32, 32]: dark left half (columns < 16), bright right half."""
+    image = torch.full((3, SIZE, SIZE), -1.0)
+    image[:, :, SIZE // 2 :] = 1.0
+    return image
+
+
+def _logits_with_edge_at(column: int) -> torch.Tensor:
+    """[2, 32, 32] unsure logits: class 1 left of ``column``, background right of it."""
+    logits = torch.zeros(2, SIZE, SIZE)
+    logits[1, :, :column] = 0.5
+    logits[0, :, column:] = 0.5
+    return logits
+
+
+def test_refinement_moves_a_misplaced_boundary_to_the_image_edge():
+    # The network's boundary lies 4 px right of the image's edge: PAMR averages each pixel
+    # with its like-coloured neighbours, which are mostly background on the bright side.
+    logits = _logits_with_edge_at(SIZE // 2 + 4)
+    options = SegRefineParams(iterations=10, stride=1, texture_window=1)  # the guide: colour alone
+    refined = refine_segmentation(_two_tone_image(), logits, options)
+    labels = refined.argmax(dim=0)
+    assert labels[:, : SIZE // 2].eq(1).all()
+    assert labels[:, SIZE // 2 :].eq(0).all()
+
+
+def test_refinement_returns_log_probabilities_of_the_input_shape():
+    logits = torch.randn(4, 20, 28, generator=torch.Generator().manual_seed(0))
+    image = torch.randn(3, 20, 28, generator=torch.Generator().manual_seed(1))
+    refined = refine_segmentation(image, logits, SegRefineParams(iterations=3))
+    assert refined.shape == logits.shape
+    torch.testing.assert_close(refined.exp().sum(dim=0), torch.ones(20, 28))
+
+
+def test_zero_iterations_leave_the_logits_untouched():
+    logits = _logits_with_edge_at(20)
+    assert refine_segmentation(_two_tone_image(), logits, SegRefineParams(iterations=0)) is logits
+
+
+def test_predict_batch_refines_each_image_on_its_own_pixels():
+    torch.manual_seed(0)
+    model = BestieNet(num_classes=2, backbone="small").eval()
+    rng = np.random.default_rng(0)
+    # The first image fills the padded batch (40 x 48 is a multiple of 8); the second is padded.
+    images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8), rng.integers(0, 255, (33, 30, 3), dtype=np.uint8)]
+    plain = dataclasses.replace(EvaluateParams(), seg_refine=SegRefineParams(iterations=0), min_size=1, center_thresh=0.0)
+    refined = dataclasses.replace(plain, seg_refine=SegRefineParams(iterations=5))
+    device = torch.device("cpu")
+    batch = predict_batch(model, images, device, refined)
+    alone = predict_batch(model, images[:1], device, refined)[0]
+    # The padded neighbour does not leak into the first image's refinement.
+    np.testing.assert_array_equal(batch[0].masks, alone.masks)
+    np.testing.assert_allclose(batch[0].scores, alone.scores, rtol=1e-5)
+    assert [r.masks.shape[1:] for r in batch] == [im.shape[:2] for im in images]
+    # And the refinement is applied: the untouched logits give other instances.
+    unrefined = predict_batch(model, images[:1], device, plain)[0]
+    assert unrefined.masks.shape != alone.masks.shape or not np.array_equal(unrefined.masks, alone.masks)
