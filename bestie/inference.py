@@ -13,7 +13,7 @@ from bestie.data.transforms import normalize
 from bestie.models import BestieNet
 from bestie.postprocess import Instances, merge_flip, postprocess
 
-__all__ = ["load_bestie", "refine_segmentation", "predict_batch", "predict_instances"]
+__all__ = ["load_bestie", "refine_segmentation", "network_outputs", "predict_batch", "predict_instances"]
 
 
 def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module, dict]:
@@ -58,6 +58,29 @@ def _pad_batch(images: list[np.ndarray], multiple: int = 8) -> torch.Tensor:
 
 
 @torch.no_grad()
+def network_outputs(
+    model: nn.Module, images: list[np.ndarray], device: torch.device, flip: bool = True
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The network's outputs on each image, cut back to the image's own size.
+
+    The images are normalised and padded into one batch (and its mirror image when
+    ``flip``, the two passes averaged) and run through ``model`` once.
+
+    Returns:
+        per image of size (H, W): (normalised image [3, H, W], seg logits [C+1, H, W],
+        center [C, H, W], offset [2, H, W]), on ``device``.
+    """
+    batch = _pad_batch(images).to(device)
+    outputs = model(batch)
+    if flip:
+        outputs = merge_flip(outputs, model(batch.flip(-1)))
+    return [
+        (batch[i, :, :h, :w], *(outputs[k][i, :, :h, :w] for k in ("seg", "center", "offset")))
+        for i, (h, w) in enumerate(image.shape[:2] for image in images)
+    ]
+
+
+@torch.no_grad()
 def predict_batch(
     model: nn.Module,
     images: list[np.ndarray],
@@ -67,9 +90,8 @@ def predict_batch(
 ) -> list[Instances]:
     """Instances of several images of any sizes, each at its own size.
 
-    The images are padded into one batch (and its mirror image when ``options.flip``),
-    run through ``model`` once, and each image's region of the outputs is refined
-    (``options.seg_refine``, :func:`refine_segmentation`) and post-processed.
+    Each image's outputs (:func:`network_outputs`) are refined (``options.seg_refine``,
+    :func:`refine_segmentation`) and post-processed.
 
     Args:
         model: a BestieNet in eval mode.
@@ -77,16 +99,11 @@ def predict_batch(
         options: flip averaging and post-processing thresholds.
         points: per image, None or [P, 3] (x, y, class) given points (point-guided inference).
     """
-    batch = _pad_batch(images).to(device)
-    outputs = model(batch)
-    if options.flip:
-        flipped = model(batch.flip(-1))
-        outputs = merge_flip(outputs, flipped)
     results = []
-    for i, image in enumerate(images):
+    outputs = network_outputs(model, images, device, options.flip)
+    for i, (image, (normalized, seg, center, offset)) in enumerate(zip(images, outputs)):
         height, width = image.shape[:2]
-        seg, center, offset = (outputs[k][i, :, :height, :width] for k in ("seg", "center", "offset"))
-        seg = refine_segmentation(batch[i, :, :height, :width], seg, options.seg_refine)
+        seg = refine_segmentation(normalized, seg, options.seg_refine)
         guide = None
         if points is not None and points[i] is not None:
             given = points[i]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bestie.config import EvaluateParams, SegRefineParams
-from bestie.inference import predict_batch, refine_segmentation
+from bestie.inference import predict_batch, predict_instances, refine_segmentation
 from bestie.models import BestieNet
 
 SIZE = 32
@@ -71,3 +71,17 @@ def test_predict_batch_refines_each_image_on_its_own_pixels():
     # And the refinement is applied: the untouched logits give other instances.
     unrefined = predict_batch(model, images[:1], device, plain)[0]
     assert unrefined.masks.shape != alone.masks.shape or not np.array_equal(unrefined.masks, alone.masks)
+
+
+def test_point_guided_prediction_uses_each_image_own_points():
+    torch.manual_seed(0)
+    model = BestieNet(num_classes=2, backbone="small").eval()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (32, 40, 3), dtype=np.uint8) for _ in range(2)]
+    options = dataclasses.replace(EvaluateParams(), min_size=1)
+    points = [np.array([[5.0, 5.0, 1], [30.0, 20.0, 1]], dtype=np.float32), None]
+    guided, unguided = predict_batch(model, images, torch.device("cpu"), options, points=points)
+    # At most one instance a point, of the point's class; the image without points is not guided.
+    assert len(guided) <= 2 and set(guided.classes.tolist()) <= {1}
+    alone = predict_instances(model, images[1], torch.device("cpu"), options)
+    np.testing.assert_array_equal(unguided.masks, alone.masks)

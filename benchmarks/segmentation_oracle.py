@@ -1,0 +1,97 @@
+"""How much of a trained BESTIE model's error is its semantic segmentation?
+
+    python benchmarks/segmentation_oracle.py [--checkpoint data/models/bestie.pt]
+
+Runs the model on the val split three times, changing only the segmentation that
+post-processing groups (the center and offset heads are the model's own each time):
+
+- predicted: the segmentation head's logits, as inference without refinement;
+- refined: the same after ``evaluate.seg_refine`` (what the ``evaluate`` stage does);
+- ground truth: the val class map (an oracle; void pixels keep the predicted logits).
+
+and prints, for each, the segmentation's mIoU against ground truth (void left out) and the
+instance metrics. Reads the thresholds from ``params.yaml``. Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bestie.cam import confusion_matrix, iou_per_class
+from bestie.coco import masks_to_results
+from bestie.config import SegRefineParams, load_params
+from bestie.data.manifest import load_manifest
+from bestie.data.voc import VOCDataset
+from bestie.evaluation import evaluate_instances
+from bestie.inference import load_bestie, network_outputs, refine_segmentation
+from bestie.postprocess import postprocess
+from bestie.runtime import select_device
+
+VOID = 255
+ORACLE_LOGIT = 20.0  # one-hot logits: softmax probability ~1 for the true class
+
+
+def ground_truth_logits(class_map: np.ndarray, predicted: torch.Tensor) -> torch.Tensor:
+    """[C+1, H, W] logits that put the ground-truth class first; void pixels keep ``predicted``."""
+    labels = torch.from_numpy(class_map.astype(np.int64)).to(predicted.device)
+    known = labels != VOID
+    one_hot = F.one_hot(labels.clamp(max=len(predicted) - 1), len(predicted)).permute(2, 0, 1)
+    return torch.where(known, ORACLE_LOGIT * one_hot.to(predicted.dtype), predicted)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="data/models/bestie.pt")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", default="data/prepared/manifest.json")
+    parser.add_argument("--val-gt", default="data/eval/val_gt.json")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    options = params.evaluate
+    refine = options.seg_refine if options.seg_refine.iterations else SegRefineParams()
+    manifest = load_manifest(args.prepared)
+    device = select_device(args.device)
+    model, _ = load_bestie(args.checkpoint, device, class_names=manifest.class_names)
+    voc = VOCDataset(params.data.root, params.data.val_split)
+    num_labels = manifest.num_classes + 1
+    variants = ("predicted", "refined", "ground truth")
+    results = {name: [] for name in variants}
+    confusion = {name: torch.zeros(num_labels, num_labels, dtype=torch.long) for name in variants}
+
+    for record in manifest.val:
+        image = voc.read_image(record.name)
+        class_map = voc.read_class_map(record.name)
+        ((normalized, seg, center, offset),) = network_outputs(model, [image], device, options.flip)
+        segmentations = {
+            "predicted": seg,
+            "refined": refine_segmentation(normalized, seg, refine),
+            "ground truth": ground_truth_logits(class_map, seg),
+        }
+        target = torch.from_numpy(class_map.astype(np.int64))
+        for name, logits in segmentations.items():
+            confusion[name] += confusion_matrix(logits.argmax(dim=0).cpu(), target, num_labels)
+            instances = postprocess(
+                logits, center, offset, image_size=image.shape[:2], min_size=options.min_size,
+                center_threshold=options.center_thresh, nms_kernel=options.nms_kernel,
+            )
+            results[name] += masks_to_results(instances.masks, instances.classes, instances.scores, record.image_id)
+
+    print(f"{args.checkpoint} on {len(manifest.val)} val images; refinement: {refine.iterations} PAMR iterations\n")
+    print("| segmentation | mIoU | voc_map25 | voc_map50 | voc_map70 | coco_ap |")
+    print("|---|---|---|---|---|---|")
+    for name in variants:
+        metrics = evaluate_instances(args.val_gt, results[name])
+        miou = 100 * float(iou_per_class(confusion[name]).nanmean())
+        row = " | ".join(f"{metrics[k]:.1f}" for k in ("voc_map25", "voc_map50", "voc_map70", "coco_ap"))
+        print(f"| {name} | {miou:.1f} | {row} |")
+
+
+if __name__ == "__main__":
+    main()
