@@ -16,7 +16,6 @@ instance metrics. Reads the thresholds from ``params.yaml``. Prints a table; ass
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
@@ -55,6 +54,7 @@ def main() -> None:
 
     params = load_params(args.params)
     options = params.evaluate
+    # The "refined" row shows what refinement would give even when params turn it off.
     refine = options.seg_refine if options.seg_refine.iterations else SegRefineParams()
     manifest = load_manifest(args.prepared)
     device = select_device(args.device)
