@@ -32,6 +32,7 @@ __all__ = [
     "PointInstances",
     "max_filter",
     "center_peaks",
+    "component_peaks",
     "class_components",
     "group_pixels",
     "instances_in_components",
@@ -226,6 +227,68 @@ def _pixel_votes(offset: Tensor, b: Tensor, y: Tensor, x: Tensor) -> Tensor:
     return torch.stack([y + flat[dy_index], x + flat[dx_index]], dim=1)
 
 
+def _segment_min_max(values: Tensor, segment: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
+    low = values.new_full((num_segments,), torch.iinfo(values.dtype).max)
+    high = values.new_full((num_segments,), torch.iinfo(values.dtype).min)
+    return low.scatter_reduce_(0, segment, values, "amin"), high.scatter_reduce_(0, segment, values, "amax")
+
+
+def component_peaks(
+    center: Tensor,
+    pixel_component: Tensor,
+    class_of: Tensor,
+    pixel_group: Tensor,
+    pixel_y: Tensor,
+    pixel_x: Tensor,
+    *,
+    num_slots: int,
+    threshold: float,
+    nms_kernel: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Center peaks of each component on its class's center map masked to the component.
+
+    A pixel is a peak of its component if it exceeds ``threshold`` and no pixel *of the same
+    component* within the ``nms_kernel`` window is higher: a higher peak outside (a
+    neighbouring or occluded object of the same class) does not suppress it, as in the
+    published method. All components are cut out at once as [N, h, w] crops of their
+    bounding boxes (h, w: the largest box), -inf outside the component, and max-filtered
+    together.
+
+    Args:
+        center: [B, C, H, W] center heatmaps.
+        pixel_component: [B, H, W] long global component id g = b * num_slots + k, with
+            k = 0 (no component) at g = b * num_slots.
+        class_of: [B * num_slots] long class of each global id, -1 for none.
+        pixel_group, pixel_y, pixel_x: [P] long global id and position of every component
+            pixel (the image is ``pixel_group // num_slots``).
+
+    Returns:
+        (peak_y [M], peak_x [M], peak_component [M] global ids, peak_score [M] float32), in
+        order of component, then row-major inside it.
+    """
+    batch_size, _, height, width = center.shape
+    device = center.device
+    num_groups = batch_size * num_slots
+    groups = torch.unique(pixel_group)  # [N] components that have pixels
+    if len(groups) == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, empty, torch.zeros(0, device=device)
+    y_min, y_max = (t[groups] for t in _segment_min_max(pixel_y, pixel_group, num_groups))
+    x_min, x_max = (t[groups] for t in _segment_min_max(pixel_x, pixel_group, num_groups))
+    crop_h, crop_w = int((y_max - y_min).max()) + 1, int((x_max - x_min).max()) + 1
+    rows = y_min[:, None] + torch.arange(crop_h, device=device)  # [N, h]
+    cols = x_min[:, None] + torch.arange(crop_w, device=device)  # [N, w]
+    in_image = (rows < height)[:, :, None] & (cols < width)[:, None, :]
+    rows, cols = rows.clamp(max=height - 1)[:, :, None], cols.clamp(max=width - 1)[:, None, :]
+    image = (groups // num_slots)[:, None, None]
+    inside = in_image & (pixel_component[image, rows, cols] == groups[:, None, None])
+    values = center[image, class_of[groups][:, None, None], rows, cols].float()
+    masked = torch.where(inside, values, float("-inf"))
+    is_peak = center_peaks(masked, threshold, nms_kernel) & inside
+    n, crop_y, crop_x = is_peak.nonzero(as_tuple=True)
+    return y_min[n] + crop_y, x_min[n] + crop_x, groups[n], masked[n, crop_y, crop_x]
+
+
 class ComponentInstances(NamedTuple):
     """Instances grouped inside components, numbered across the batch."""
 
@@ -249,8 +312,8 @@ def instances_in_components(
 ) -> ComponentInstances:
     """Split each component into instances by center peaks and offset votes.
 
-    A peak counts for a component if it lies inside it and is a peak of the component's
-    class. Each component pixel joins the nearest of its component's peaks by its offset
+    A component's peaks are the local maxima of its class's center map *masked to the
+    component* (:func:`component_peaks`). Each component pixel joins the nearest of its component's peaks by its offset
     vote; a component without a peak is one instance centered at its centroid; a component
     with more than ``max_centers`` peaks yields nothing. Instances that no pixel joins are
     dropped.
@@ -277,31 +340,30 @@ def instances_in_components(
     image = torch.arange(batch_size, device=device)
     pixel_component = component_map + image[:, None, None] * num_slots  # [B, H, W]
     class_of = F.pad(component_class, (1, 0), value=-1).reshape(-1)  # [G]
-    pixel_class = class_of[pixel_component]  # [B, H, W], -1 outside components
 
-    # Peaks, computed only on the (image, class) maps that have components.
-    pairs = torch.unique((image[:, None] * num_classes + component_class)[component_class >= 0])
-    pair_image, pair_class = pairs // num_classes, pairs % num_classes
-    maps = center.reshape(batch_size * num_classes, height, width)[pairs]
-    peaks = center_peaks(maps, threshold, nms_kernel)
-    peaks &= pixel_class[pair_image] == pair_class[:, None, None]
-    peak_map, peak_y, peak_x = peaks.nonzero(as_tuple=True)
-    peak_component = pixel_component[pair_image[peak_map], peak_y, peak_x]
-
+    # Every component pixel, with its global component id.
     members = component_map > 0
-    if max_centers is not None:
-        crowded = torch.bincount(peak_component, minlength=num_groups) > max_centers
-        keep = ~crowded[peak_component]
-        peak_map, peak_y, peak_x = peak_map[keep], peak_y[keep], peak_x[keep]
-        peak_component = peak_component[keep]
-        if bool(crowded.any()):
-            members &= ~crowded[pixel_component]
     flat = members.view(-1).nonzero().squeeze(1)
     pixel_b, pixel_y, pixel_x = _unravel(flat, height, width)
     pixel_group = pixel_component.view(-1)[flat]
     size = torch.bincount(pixel_group, minlength=num_groups)
     if bool((class_of[size > 0] < 0).any()):
         raise ValueError("component_class: a component of component_map has class -1")
+
+    peak_y, peak_x, peak_component, peak_score = component_peaks(
+        center, pixel_component, class_of, pixel_group, pixel_y, pixel_x,
+        num_slots=num_slots, threshold=threshold, nms_kernel=nms_kernel,
+    )
+    if max_centers is not None:
+        crowded = torch.bincount(peak_component, minlength=num_groups) > max_centers
+        keep = ~crowded[peak_component]
+        peak_y, peak_x = peak_y[keep], peak_x[keep]
+        peak_component, peak_score = peak_component[keep], peak_score[keep]
+        if bool(crowded.any()):
+            kept = ~crowded[pixel_group]
+            flat, pixel_b, pixel_y, pixel_x = flat[kept], pixel_b[kept], pixel_y[kept], pixel_x[kept]
+            pixel_group = pixel_group[kept]
+            size = torch.bincount(pixel_group, minlength=num_groups)
 
     # A component without peaks is one instance at its centroid.
     num_peaks = torch.bincount(peak_component, minlength=num_groups)
@@ -320,14 +382,13 @@ def instances_in_components(
     new_id = torch.cumsum(used, 0)
     instance_map = torch.zeros(batch_size * height * width, dtype=torch.long, device=device)
     instance_map[flat] = new_id[owner]
-    peak_score = maps[peak_map, peak_y, peak_x].float()
     return ComponentInstances(
         instance_map=instance_map.view(batch_size, height, width),
-        batch=torch.cat([pair_image[peak_map], centerless // num_slots])[used],
-        classes=torch.cat([pair_class[peak_map], class_of[centerless]])[used],
+        batch=(center_group // num_slots)[used],
+        classes=class_of[center_group][used],
         centers_yx=centers_yx[used],
         center_scores=torch.cat([peak_score, peak_score.new_zeros(len(centerless))])[used],
-        has_peak=(torch.arange(len(centers_yx), device=device) < len(peak_map))[used],
+        has_peak=(torch.arange(len(centers_yx), device=device) < len(peak_y))[used],
     )
 
 

@@ -232,3 +232,60 @@ def test_group_pixels_nearest_center_of_own_group():
     # pixel 2 is 4 from center 1 and 5 from center 0; pixel 3 may only use center 2 (its
     # group), although center 3 is nearer; group 2 has no center.
     assert owner.tolist() == [1, 0, 1, 2, -1]
+
+
+def test_higher_peak_outside_a_component_does_not_suppress_the_peak_inside():
+    """Center suppression runs on the class map masked to each component (the published rule).
+
+    Class 0: a left object (center 0.9 at x = 12) and, 4 px to its right, one component
+    holding two objects (centers 0.5 at x = 30 and 0.6 at x = 56). The left center lies
+    within the 41 px NMS window of the 0.5 one: on the whole class map it would suppress it
+    and merge the two right objects into one instance.
+    """
+    left, right = box(10, 2, 30, 22), box(10, 26, 30, 64)
+    right_a, right_b = right & (XS < 43), right & (XS >= 43)
+    seg = torch.zeros(C + 1, S, S)
+    seg[0] = 2.0
+    seg[1][left | right] = 6.0
+    center = torch.zeros(C, S, S)
+    center[0] = 0.9 * torch.exp(-((YS - 20) ** 2 + (XS - 12) ** 2) / 200)  # shoulder spills right
+    center[0, 20, 30] = 0.5
+    center[0, 20, 56] = 0.6
+    offset = torch.zeros(2, S, S)
+    for mask, (cy, cx) in ((left, (20, 12)), (right_a, (20, 30)), (right_b, (20, 56))):
+        offset[0][mask] = (cy - YS)[mask]
+        offset[1][mask] = (cx - XS)[mask]
+    result = run({"seg": seg, "center": center, "offset": offset})
+    np.testing.assert_array_equal(result.classes, [0, 0, 0])
+    for mask, expected in zip(result.masks, (left, right_b, right_a)):  # by score: 0.9, 0.6, 0.5
+        np.testing.assert_array_equal(mask, expected.numpy())
+    probability = mean_prob(seg, left, 0)
+    np.testing.assert_allclose(result.scores, [0.9 * probability, 0.6 * probability, 0.5 * probability], rtol=1e-5)
+
+
+def test_component_peaks_match_a_per_component_max_pool():
+    """The batched crop computation equals masking each component and max-pooling the whole map."""
+    from bestie.postprocess import component_peaks
+
+    generator = torch.Generator().manual_seed(0)
+    batch, classes, height, width, slots = 2, 3, 40, 36, 5
+    center = torch.rand(batch, classes, height, width, generator=generator)
+    component_map = torch.randint(0, slots, (batch, height, width), generator=generator)
+    class_of = torch.randint(0, classes, (batch * slots,), generator=generator)
+    class_of[::slots] = -1
+    pixel_component = component_map + torch.arange(batch)[:, None, None] * slots
+    b, y, x = (component_map > 0).nonzero(as_tuple=True)
+    group = pixel_component[b, y, x]
+    peak_y, peak_x, peak_group, score = component_peaks(
+        center, pixel_component, class_of, group, y, x, num_slots=slots, threshold=0.5, nms_kernel=7
+    )
+    found = set(zip(peak_group.tolist(), peak_y.tolist(), peak_x.tolist()))
+    expected = set()
+    for g in torch.unique(group).tolist():
+        inside = pixel_component[g // slots] == g
+        masked = torch.where(inside, center[g // slots, class_of[g]], float("-inf"))
+        pooled = F.max_pool2d(masked[None, None], 7, stride=1, padding=3)[0, 0]
+        ys, xs = ((masked == pooled) & (masked > 0.5) & inside).nonzero(as_tuple=True)
+        expected |= {(g, int(py), int(px)) for py, px in zip(ys, xs)}
+    assert found == expected and len(found) > 10
+    torch.testing.assert_close(score, center[peak_group // slots, class_of[peak_group], peak_y, peak_x])

@@ -365,3 +365,20 @@ def test_wsss_components_rejects_a_non_uint8_map():
         wsss_components(np.zeros((5, 5), np.int64), [0])
     with pytest.raises(ValueError, match="semantic_map"):
         wsss_components(np.zeros((2, 5, 5), np.uint8), [0])
+
+
+def test_higher_peak_of_a_neighbouring_component_does_not_suppress_this_one():
+    """Self-refinement suppresses centers inside each component, not on the whole class map."""
+    scene = Scene()
+    near = scene.component(1, (8, 4, 24, 24), prob=0.9)
+    far = scene.component(1, (8, 28, 24, 48), prob=0.9)  # 4 px away: inside one NMS window
+    scene.peak(1, 16, 14, 0.9)
+    scene.peak(1, 16, 38, 0.5)
+    scene.point_offsets(near, 16, 14)
+    scene.point_offsets(far, 16, 38)
+    out = refine(scene)
+    torch.testing.assert_close(out["center"][0], gaussians(1, [(14, 16), (38, 16)]))
+    expected_weight = torch.zeros(H, W)
+    expected_weight[near] = 0.9 * 0.9
+    expected_weight[far] = 0.5 * 0.9
+    torch.testing.assert_close(out["weight"][0, 0], expected_weight)
