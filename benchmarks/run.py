@@ -9,7 +9,7 @@ Prints a Markdown table; asserts nothing. Rows:
 - self-refinement: one batch of 8 at 128x128 (image-level and point-level);
 - post-processing: network outputs -> instances, one 128x128 image;
 - segmentation refinement: the PAMR pass inference runs on the class probabilities before
-  post-processing (``evaluate.seg_refine``), one 128x128 image;
+  post-processing (``inference.seg_refine``), one 128x128 image;
 - training iteration: forward + backward + Adam step + self-refinement of the default
   small BESTIE network on a batch of 8 crops of 128x128 (no data loading);
 - stages: wall time of `dvc repro --force --single-item STAGE` for every stage, in DAG order,
@@ -138,7 +138,7 @@ def main() -> None:
     print(f"| self-refinement, image-level, batch of 8 at 128x128 | {speeds['refine_image']:.1f} ms |")
     print(f"| self-refinement, point-level, batch of 8 at 128x128 | {speeds['refine_point']:.1f} ms |")
     print(f"| post-processing, one 128x128 image | {speeds['postprocess']:.1f} ms |")
-    print(f"| segmentation refinement before it (`evaluate.seg_refine`), one 128x128 image | "
+    print(f"| segmentation refinement before it (`inference.seg_refine`), one 128x128 image | "
           f"{speeds['seg_refine']:.1f} ms |")
     iteration = bench_training_iteration(args.classes)
     print(f"| training iteration, batch 8 at 128x128 (small net) | {iteration:.0f} ms ({1000 / iteration:.2f} it/s) |")

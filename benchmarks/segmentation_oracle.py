@@ -6,7 +6,7 @@ Runs the model on the val split three times, changing only the segmentation that
 post-processing groups (the center and offset heads are the model's own each time):
 
 - predicted: the segmentation head's logits, as inference without refinement;
-- refined: the same after ``evaluate.seg_refine`` (what the ``evaluate`` stage does);
+- refined: the same after ``inference.seg_refine`` (what the ``evaluate`` stage does);
 - ground truth: the val class map (an oracle; void pixels keep the predicted logits).
 
 and prints, for each, the segmentation's mIoU against ground truth (void left out) and the
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    options = params.evaluate
+    options = params.inference
     # The "refined" row shows what refinement would give even when params turn it off.
     refine = options.seg_refine if options.seg_refine.iterations else SegRefineParams()
     manifest = load_manifest(args.prepared)
@@ -68,7 +68,7 @@ def main() -> None:
     for record in manifest.val:
         image = voc.read_image(record.name)
         class_map = voc.read_class_map(record.name)
-        ((normalized, seg, center, offset),) = network_outputs(model, [image], device, options.flip)
+        normalized, seg, center, offset = network_outputs(model, image, device, options.flip)
         segmentations = {
             "predicted": seg,
             "refined": refine_segmentation(normalized, seg, refine),

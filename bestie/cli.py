@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from bestie import __version__
 from bestie.coco import masks_to_results
-from bestie.config import EvaluateParams
+from bestie.config import InferenceParams, parse_section, to_dict
 from bestie.errors import BestieError
-from bestie.inference import load_bestie, predict_batch
-from bestie.io import atomic_dir, write_json
+from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, recorded_settings
+from bestie.io import atomic_dir, read_image, write_json
 from bestie.runtime import select_device
 from bestie.visualize import overlay_instances
 
+DEFAULT_SETTINGS = f"data/eval/bestie/{SETTINGS_FILE}"  # the evaluate stage's record
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -45,47 +45,70 @@ def find_images(inputs: list[str]) -> list[Path]:
     return images
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise BestieError(f"{path}: unreadable or truncated image ({err})") from None
+def inference_settings(
+    record_path: str | None, checkpoint_path: str, overrides: dict[str, Any]
+) -> tuple[InferenceParams, str]:
+    """The settings to predict with, and a line saying where they came from.
+
+    By default the ``evaluate`` stage's record for this checkpoint
+    (``data/eval/bestie/inference.json``), so ``bestie predict`` predicts exactly as the
+    evaluation did; without such a record, the built-in defaults (those of ``params.yaml``
+    as shipped). An explicitly given ``record_path`` must exist and match the checkpoint.
+    ``overrides`` (flag values, None = not given) replace single settings.
+    """
+    path = Path(record_path or DEFAULT_SETTINGS)
+    if record_path or path.is_file():
+        try:
+            settings, source = recorded_settings(path, checkpoint_path), f"{path} (the evaluate stage's)"
+        except BestieError:
+            if record_path:
+                raise
+            settings, source = InferenceParams(), f"built-in defaults ({path} records another checkpoint)"
+    else:
+        settings, source = InferenceParams(), f"built-in defaults (no {path})"
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given:
+        merged = to_dict(settings)
+        for key, value in given.items():
+            section, _, name = key.rpartition(".")
+            (merged[section] if section else merged)[name] = value
+        settings = parse_section("inference", merged)
+        source += ", overridden: " + ", ".join(f"{k}={v}" for k, v in given.items())
+    return settings, source
 
 
 def predict_images(
     inputs: list[str],
     checkpoint_path: str,
     out_dir: str,
+    settings: InferenceParams,
     device: str = "auto",
-    batch_size: int = 4,
-    flip: bool = True,
     score_thresh: float = 0.0,
     classes_file: str | None = None,
 ) -> None:
-    """A trained checkpoint on images and folders -> ``out_dir``: COCO results + overlays."""
+    """A trained checkpoint on images and folders -> ``out_dir``: COCO results + overlays.
+
+    Each image is predicted on its own (:func:`bestie.inference.predict_instances`), so its
+    instances do not depend on the other inputs.
+    """
     device = select_device(device)
     class_names = None
     if classes_file:
         class_names = [n.strip() for n in Path(classes_file).read_text().splitlines() if n.strip()]
     model, checkpoint = load_bestie(checkpoint_path, device, class_names=class_names)
     class_names = checkpoint["class_names"]
-    options = replace(EvaluateParams(), flip=flip)
     paths = find_images(inputs)
     results, images_table = [], []
     with atomic_dir(out_dir) as out:
-        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        image_id = 0
-        for chunk in tqdm(batches, desc="predict", unit="batch", disable=None):
-            pixels = [read_rgb(p) for p in chunk]
-            for path, image, instances in zip(chunk, pixels, predict_batch(model, pixels, device, options)):
-                image_id += 1
-                keep = instances.scores >= score_thresh
-                masks, classes, scores = instances.masks[keep], instances.classes[keep], instances.scores[keep]
-                images_table.append({"id": image_id, "file_name": str(path), "height": image.shape[0], "width": image.shape[1]})
-                results += masks_to_results(masks, classes, scores, image_id)
-                overlay = overlay_instances(image, masks, classes, class_names, scores)
-                Image.fromarray(overlay).save(out / f"{image_id:05d}_{path.stem}.png")
+        for image_id, path in enumerate(tqdm(paths, desc="predict", unit="image", disable=None), start=1):
+            image = read_image(path)
+            instances = predict_instances(model, image, device, settings)
+            keep = instances.scores >= score_thresh
+            masks, classes, scores = instances.masks[keep], instances.classes[keep], instances.scores[keep]
+            images_table.append({"id": image_id, "file_name": str(path), "height": image.shape[0], "width": image.shape[1]})
+            results += masks_to_results(masks, classes, scores, image_id)
+            overlay = overlay_instances(image, masks, classes, class_names, scores)
+            Image.fromarray(overlay).save(out / f"{image_id:05d}_{path.stem}.png")
         write_json(out / "predictions.json", results, indent=None)
         write_json(out / "images.json", {"images": images_table, "categories": [
             {"id": i + 1, "name": name} for i, name in enumerate(class_names)]})
@@ -93,9 +116,14 @@ def predict_images(
 
 
 def predict_command(args: argparse.Namespace) -> None:
+    settings, source = inference_settings(args.settings, args.checkpoint, {
+        "flip": args.flip, "seg_refine.iterations": args.seg_refine_iterations,
+        "center_thresh": args.center_thresh, "nms_kernel": args.nms_kernel, "min_size": args.min_size,
+    })
+    print(f"inference settings: {source}")
     predict_images(
-        args.inputs, args.checkpoint, args.out, device=args.device, batch_size=args.batch_size,
-        flip=args.flip, score_thresh=args.score_thresh, classes_file=args.classes,
+        args.inputs, args.checkpoint, args.out, settings, device=args.device,
+        score_thresh=args.score_thresh, classes_file=args.classes,
     )
 
 
@@ -116,9 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True, help="a bestie.pt written by the train stage")
     predict.add_argument("--out", required=True, help="output folder (replaced atomically)")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    predict.add_argument("--batch-size", type=int, default=4)
-    predict.add_argument("--no-flip", dest="flip", action="store_false", help="skip flip averaging")
     predict.add_argument("--score-thresh", type=float, default=0.0, help="drop instances scoring below")
+    settings = predict.add_argument_group(
+        "inference settings", f"By default those the evaluate stage recorded for this checkpoint "
+        f"({DEFAULT_SETTINGS}), else the built-in defaults; each flag overrides one.")
+    settings.add_argument("--settings", metavar="JSON", help=f"a settings record (default {DEFAULT_SETTINGS})")
+    settings.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                          help="average with the mirror image's outputs")
+    settings.add_argument("--seg-refine-iterations", type=int, metavar="N", help="segmentation refinement; 0: off")
+    settings.add_argument("--center-thresh", type=float, metavar="T")
+    settings.add_argument("--nms-kernel", type=int, metavar="K", help="odd width of the center peak window")
+    settings.add_argument("--min-size", type=int, metavar="PX", help="smallest segmentation component kept")
     predict.add_argument("--classes", help="classes.txt the checkpoint must have been trained on")
     predict.set_defaults(run=predict_command)
     return parser
@@ -126,9 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
-        print("error: --batch-size must be >= 1", file=sys.stderr)
-        sys.exit(2)
     try:
         args.run(args)
     except BestieError as err:

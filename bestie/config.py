@@ -21,7 +21,7 @@ import yaml
 
 from bestie.errors import BestieError
 
-__all__ = ["Params", "load_params", "parse_params", "SUPERVISIONS"]
+__all__ = ["Params", "load_params", "parse_params", "parse_section", "SUPERVISIONS"]
 
 SUPERVISIONS = ("cls", "point", "full")
 
@@ -170,7 +170,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class SegRefineParams:
-    """Inference: the predicted class probabilities snapped to image edges before grouping.
+    """The predicted class probabilities snapped to image edges before grouping.
 
     The ``wsss`` stage's pixel-adaptive refinement (:func:`bestie.cam.pamr`), run on the
     network's softmax instead of on CAMs: fewer iterations, since the maps are already sharp.
@@ -183,18 +183,32 @@ class SegRefineParams:
 
     def __post_init__(self) -> None:
         if not self.dilations:
-            raise BestieError("params: evaluate.seg_refine.dilations must not be empty")
+            raise BestieError("params: inference.seg_refine.dilations must not be empty")
 
 
 @dataclass(frozen=True)
-class EvaluateParams:
-    """Inference post-processing (METHOD.md §7) and evaluation on val."""
+class InferenceParams:
+    """How a trained BESTIE network's outputs become instances (paper §3.4).
 
-    flip: bool = _f(True)
+    One setting for every use of the network: the ``evaluate`` and ``export_coco`` stages
+    and ``bestie predict``.
+    """
+
+    flip: bool = _f(True)  # average the outputs of the image and its mirror image
     seg_refine: SegRefineParams = field(default_factory=SegRefineParams)
     center_thresh: float = _f(0.1, min=0.0)
     nms_kernel: int = _f(41, min=1)
     min_size: int = _f(50, min=1)
+
+    def __post_init__(self) -> None:
+        if self.nms_kernel % 2 == 0:  # a centred window needs an odd width
+            raise BestieError(f"params: inference.nms_kernel must be odd, got {self.nms_kernel}")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Evaluation on val (the predictions themselves follow ``inference``)."""
+
     point_guided: bool = _f(False)  # point supervision: use the given val points as centers
     gallery: int = _f(6, min=0)  # val images drawn in the prediction gallery
 
@@ -203,7 +217,7 @@ class EvaluateParams:
 class ExportCocoParams:
     """BESTIE's predictions on the training images as COCO pseudo labels (METHOD.md §8).
 
-    Inference uses the ``evaluate`` section's flip and post-processing settings.
+    Inference follows the ``inference`` section.
     """
 
     score_thresh: float = _f(0.3, min=0.0, max=1.0)  # instances scoring below it are dropped
@@ -247,6 +261,7 @@ class Params:
     wsss: WSSSParams = field(default_factory=WSSSParams)
     pseudo_labels: PseudoLabelParams = field(default_factory=PseudoLabelParams)
     train: TrainParams = field(default_factory=TrainParams)
+    inference: InferenceParams = field(default_factory=InferenceParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     export_coco: ExportCocoParams = field(default_factory=ExportCocoParams)
     maskrcnn: MaskRCNNParams = field(default_factory=MaskRCNNParams)
@@ -333,6 +348,14 @@ def parse_params(raw: dict | None) -> Params:
     if not isinstance(raw, dict):
         raise BestieError("params: the top level must be a mapping")
     return _build(Params, raw)
+
+
+def parse_section(name: str, raw: Any) -> Any:
+    """Validate one top-level section (e.g. ``inference`` settings recorded with a result)."""
+    hints = typing.get_type_hints(Params)
+    if name not in hints:
+        raise KeyError(name)
+    return _check_value(raw, hints[name], name, {})
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

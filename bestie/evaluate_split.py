@@ -5,6 +5,7 @@ so both hand a ``predict(image, record) -> Instances`` callable to :func:`predic
 write the same files with :func:`write_evaluation`::
 
     OUT/predictions.json     COCO results (RLE masks, scores)
+    OUT/<record>.json        what the caller records beside them (the evaluate stage: its settings)
     METRICS                  the metrics of bestie.evaluation.evaluate_instances
     GALLERY/<name>.png       image | prediction | ground truth, for the first images
 """
@@ -12,9 +13,10 @@ write the same files with :func:`write_evaluation`::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,7 +26,7 @@ from bestie.coco import masks_to_results
 from bestie.data.manifest import ImageRecord
 from bestie.data.voc import VOCDataset
 from bestie.evaluation import evaluate_instances
-from bestie.io import atomic_dir, write_json
+from bestie.io import atomic_dir, write_json, write_metrics
 from bestie.postprocess import Instances
 from bestie.visualize import overlay_instances, panels
 
@@ -71,14 +73,21 @@ def write_evaluation(
     out_dir: str | os.PathLike,
     metrics_path: str | os.PathLike,
     gallery_dir: str | os.PathLike,
+    records: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Write ``out_dir/predictions.json``, the gallery PNGs and the metrics against ``gt_path``;
-    return the metrics. Every output is written atomically."""
+    return the metrics. Every output is written atomically.
+
+    ``records`` maps file names to JSON-able values written beside the predictions (e.g. the
+    settings they were made with).
+    """
     with atomic_dir(out_dir) as tmp:
         write_json(Path(tmp) / "predictions.json", predictions.results, indent=None)
+        for name, value in (records or {}).items():
+            write_json(Path(tmp) / name, value)
     with atomic_dir(gallery_dir) as tmp:
         for name, picture in predictions.gallery.items():
             Image.fromarray(picture).save(Path(tmp) / f"{name}.png")
     metrics = evaluate_instances(gt_path, predictions.results)
-    write_json(metrics_path, metrics)
+    write_metrics(metrics_path, metrics)
     return metrics

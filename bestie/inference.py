@@ -1,6 +1,15 @@
-"""Running a trained BESTIE network on whole images (val, training images, user images)."""
+"""Running a trained BESTIE network on whole images (val, training images, user images).
+
+Every use of a trained network (the ``evaluate`` and ``export_coco`` stages, ``bestie
+predict``) goes through :func:`predict_instances` with one :class:`InferenceParams`. The
+``evaluate`` stage records the settings it used beside its predictions
+(:data:`SETTINGS_FILE`, with the checkpoint's digest), so ``bestie predict`` can predict
+exactly as the evaluation did (:func:`recorded_settings`).
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -8,12 +17,19 @@ from torch import nn
 
 from bestie.cam import refine_scores, texture_guide
 from bestie.checkpoint import load_checkpoint
-from bestie.config import EvaluateParams, SegRefineParams
+from bestie.config import InferenceParams, SegRefineParams, parse_section, to_dict
+from bestie.errors import BestieError
+from bestie.io import file_sha256, read_json
 from bestie.data.transforms import normalize
 from bestie.models import BestieNet
 from bestie.postprocess import Instances, merge_flip, postprocess
 
-__all__ = ["load_bestie", "refine_segmentation", "network_outputs", "predict_batch", "predict_instances"]
+__all__ = [
+    "SETTINGS_FILE", "load_bestie", "refine_segmentation", "network_outputs", "predict_instances",
+    "settings_record", "recorded_settings",
+]
+
+SETTINGS_FILE = "inference.json"  # beside the evaluate stage's predictions
 
 
 def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module, dict]:
@@ -47,80 +63,85 @@ def refine_segmentation(image: torch.Tensor, seg_logits: torch.Tensor, options: 
     return probs.clamp(min=1e-8).log()
 
 
-def _pad_batch(images: list[np.ndarray], multiple: int = 8) -> torch.Tensor:
-    """Normalise and zero-pad (the mean colour, after normalisation) to one [B, 3, H, W] batch."""
-    height = -(-max(im.shape[0] for im in images) // multiple) * multiple
-    width = -(-max(im.shape[1] for im in images) // multiple) * multiple
-    batch = torch.zeros(len(images), 3, height, width)
-    for i, image in enumerate(images):
-        batch[i, :, : image.shape[0], : image.shape[1]] = normalize(image)
+def _padded_input(image: np.ndarray, multiple: int = 8) -> torch.Tensor:
+    """Normalise and zero-pad (the mean colour, after normalisation) to [1, 3, H', W'], a
+    multiple of the network's output stride."""
+    height, width = image.shape[:2]
+    batch = torch.zeros(1, 3, -(-height // multiple) * multiple, -(-width // multiple) * multiple)
+    batch[0, :, :height, :width] = normalize(image)
     return batch
 
 
 @torch.no_grad()
 def network_outputs(
-    model: nn.Module, images: list[np.ndarray], device: torch.device, flip: bool = True
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The network's outputs on each image, cut back to the image's own size.
+    model: nn.Module, image: np.ndarray, device: torch.device, flip: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The network's outputs on one image, cut back to the image's own size.
 
-    The images are normalised and padded into one batch (and its mirror image when
-    ``flip``, the two passes averaged) and run through ``model`` once.
+    The image is run alone, padded only to the output stride: the network's global pooling
+    (ASPP) would otherwise mix in padding or other images, and an image's instances would
+    depend on what it was batched with. With ``flip`` the mirror image is run too and the
+    two passes are averaged.
 
     Returns:
-        per image of size (H, W): (normalised image [3, H, W], seg logits [C+1, H, W],
-        center [C, H, W], offset [2, H, W]), on ``device``.
+        (normalised image [3, H, W], seg logits [C+1, H, W], center [C, H, W],
+        offset [2, H, W]), on ``device``.
     """
-    batch = _pad_batch(images).to(device)
+    height, width = image.shape[:2]
+    batch = _padded_input(image).to(device)
     outputs = model(batch)
     if flip:
         outputs = merge_flip(outputs, model(batch.flip(-1)))
-    return [
-        (batch[i, :, :h, :w], *(outputs[k][i, :, :h, :w] for k in ("seg", "center", "offset")))
-        for i, (h, w) in enumerate(image.shape[:2] for image in images)
-    ]
+    return (batch[0, :, :height, :width], *(outputs[k][0, :, :height, :width] for k in ("seg", "center", "offset")))
 
 
 @torch.no_grad()
-def predict_batch(
-    model: nn.Module,
-    images: list[np.ndarray],
-    device: torch.device,
-    options: EvaluateParams,
-    points: list[np.ndarray | None] | None = None,
-) -> list[Instances]:
-    """Instances of several images of any sizes, each at its own size.
-
-    Each image's outputs (:func:`network_outputs`) are refined (``options.seg_refine``,
-    :func:`refine_segmentation`) and post-processed.
-
-    Args:
-        model: a BestieNet in eval mode.
-        images: [H_i, W_i, 3] uint8 RGB.
-        options: flip averaging and post-processing thresholds.
-        points: per image, None or [P, 3] (x, y, class) given points (point-guided inference).
-    """
-    results = []
-    outputs = network_outputs(model, images, device, options.flip)
-    for i, (image, (normalized, seg, center, offset)) in enumerate(zip(images, outputs)):
-        height, width = image.shape[:2]
-        seg = refine_segmentation(normalized, seg, options.seg_refine)
-        guide = None
-        if points is not None and points[i] is not None:
-            given = points[i]
-            guide = (torch.from_numpy(given[:, :2].astype(np.float32)), torch.from_numpy(given[:, 2].astype(np.int64)))
-        results.append(postprocess(
-            seg, center, offset, image_size=(height, width), min_size=options.min_size,
-            center_threshold=options.center_thresh, nms_kernel=options.nms_kernel, points=guide,
-        ))
-    return results
-
-
 def predict_instances(
     model: nn.Module,
     image: np.ndarray,
     device: torch.device,
-    options: EvaluateParams,
+    options: InferenceParams,
     points: np.ndarray | None = None,
 ) -> Instances:
-    """Instances of one image ([H, W, 3] uint8) at its own size; see :func:`predict_batch`."""
-    return predict_batch(model, [image], device, options, None if points is None else [points])[0]
+    """Instances of one image at its own size: network outputs, segmentation refinement
+    (``options.seg_refine``, :func:`refine_segmentation`), then post-processing.
+
+    Args:
+        model: a BestieNet in eval mode.
+        image: [H, W, 3] uint8 RGB.
+        options: flip averaging, segmentation refinement and post-processing thresholds.
+        points: None or [P, 3] (x, y, class) given points (point-guided inference).
+    """
+    height, width = image.shape[:2]
+    normalized, seg, center, offset = network_outputs(model, image, device, options.flip)
+    seg = refine_segmentation(normalized, seg, options.seg_refine)
+    guide = None
+    if points is not None:
+        guide = (torch.from_numpy(points[:, :2].astype(np.float32)), torch.from_numpy(points[:, 2].astype(np.int64)))
+    return postprocess(
+        seg, center, offset, image_size=(height, width), min_size=options.min_size,
+        center_threshold=options.center_thresh, nms_kernel=options.nms_kernel, points=guide,
+    )
+
+
+def settings_record(options: InferenceParams, checkpoint_path: str | os.PathLike) -> dict:
+    """What the evaluate stage records beside its predictions: its settings and the checkpoint's
+    SHA-256, so the record is only ever applied to the weights it was used with."""
+    return {"checkpoint_sha256": file_sha256(checkpoint_path), "inference": to_dict(options)}
+
+
+def recorded_settings(record_path: str | os.PathLike, checkpoint_path: str | os.PathLike) -> InferenceParams:
+    """The inference settings a :func:`settings_record` file holds for this checkpoint.
+
+    Raises:
+        BestieError: the file is missing or malformed, or records another checkpoint.
+    """
+    record = read_json(record_path)
+    if not isinstance(record, dict) or not {"checkpoint_sha256", "inference"} <= set(record):
+        raise BestieError(f"{record_path}: not an inference settings record")
+    if record["checkpoint_sha256"] != file_sha256(checkpoint_path):
+        raise BestieError(f"{record_path}: records the settings of another checkpoint than {checkpoint_path}")
+    try:
+        return parse_section("inference", record["inference"])
+    except BestieError as err:
+        raise BestieError(f"{record_path}: {err}") from None

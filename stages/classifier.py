@@ -9,7 +9,7 @@ from bestie.config import Params, to_dict
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
-from bestie.io import write_json
+from bestie.io import write_metrics
 from bestie.runtime import seed_everything, select_device
 from bestie.stage import run_stage
 
@@ -39,7 +39,7 @@ def main(params: Params, manifest_path: str, out: str, metrics: str, device_name
     save_checkpoint(
         out, model.state_dict(), kind="pam", config=to_dict(cfg), class_names=manifest.class_names
     )
-    write_json(metrics, results)
+    write_metrics(metrics, results)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""DVC stage `evaluate`: the trained BESTIE network on val: COCO predictions, metrics, gallery."""
+"""DVC stage `evaluate`: the trained BESTIE network on val: COCO predictions, metrics, gallery.
+
+The predictions follow the `inference` params; the settings are recorded beside them
+(`inference.json`, with the checkpoint's digest), where `bestie predict` finds them.
+"""
 
 import argparse
 from pathlib import Path
@@ -7,7 +11,7 @@ from bestie.config import Params
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.evaluate_split import predict_split, write_evaluation
-from bestie.inference import load_bestie, predict_instances
+from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, settings_record
 from bestie.runtime import select_device
 from bestie.stage import run_stage
 
@@ -16,8 +20,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
     device = select_device(args.device)
     model, _ = load_bestie(args.model, device, class_names=manifest.class_names)
-    options = params.evaluate
-    point_guided = params.supervision == "point" and options.point_guided
+    options = params.inference
+    point_guided = params.supervision == "point" and params.evaluate.point_guided
 
     def predict(image, record):
         points = record.points if point_guided else None
@@ -25,10 +29,11 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
     predictions = predict_split(
         predict, VOCDataset(params.data.root, params.data.val_split), manifest.val, manifest.class_names,
-        gallery_size=options.gallery,
+        gallery_size=params.evaluate.gallery,
     )
     write_evaluation(
-        predictions, args.val_gt, out_dir=args.out, metrics_path=args.metrics, gallery_dir=args.gallery
+        predictions, args.val_gt, out_dir=args.out, metrics_path=args.metrics, gallery_dir=args.gallery,
+        records={SETTINGS_FILE: settings_record(options, args.model)},
     )
 
 

@@ -1,7 +1,7 @@
 """DVC stage `export_coco`: the trained BESTIE network's instances on every training image, as a
 COCO instances file of pseudo labels for Mask R-CNN (METHOD.md §8).
 
-Inference uses the `evaluate` section's flip and post-processing settings; instances scoring
+Inference follows the `inference` params, as the `evaluate` stage's does; instances scoring
 below `export_coco.score_thresh` are dropped. With point supervision and
 `export_coco.point_guided`, the training points guide the grouping (one instance a point).
 The pseudo labels' quality against the training masks (where the dataset has them) goes to
@@ -20,7 +20,7 @@ from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.evaluation import evaluate_instances
 from bestie.inference import load_bestie, predict_instances
-from bestie.io import read_json, write_json
+from bestie.io import read_json, write_json, write_metrics
 from bestie.runtime import select_device
 from bestie.stage import run_stage
 
@@ -55,7 +55,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     images, annotations = [], []
     for record in tqdm(manifest.train, desc="export_coco", disable=None):
         instances = predict_instances(
-            model, voc.read_image(record.name), device, params.evaluate,
+            model, voc.read_image(record.name), device, params.inference,
             points=record.points if point_guided else None,
         )
         keep = np.flatnonzero(instances.scores >= options.score_thresh)
@@ -69,7 +69,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}
     write_json(args.out, coco, indent=None)
     stats = pseudo_label_statistics(coco, read_json(args.train_gt))
-    write_json(args.metrics, stats)
+    write_metrics(args.metrics, stats)
     print(f"export_coco: {stats['instances']} instances on {stats['images_with_instances']} of "
           f"{stats['images']} training images")
 

@@ -18,7 +18,7 @@ from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import ImageRecord, Manifest, load_manifest
 from bestie.data.voc import GroundTruth, VOCDataset
 from bestie.errors import BestieError
-from bestie.io import atomic_dir, read_json, write_json
+from bestie.io import atomic_dir, read_json, write_metrics
 from bestie.peaks import peak_statistics, predict_peaks, write_peaks
 from bestie.runtime import select_device
 from bestie.stage import run_stage
@@ -90,7 +90,7 @@ def main(params: Params, manifest_path: str, model_path: str, train_gt: str, out
     )
     with atomic_dir(out) as tmp:
         write_peaks(Path(tmp) / "peaks.tsv", [r.name for r in records], peaks)
-    write_json(metrics, stats)
+    write_metrics(metrics, stats)
     print(
         f"peaks: {stats['num_kept_peaks']} kept peaks on {stats['num_instances']} instances; "
         f"one peak {stats['instances_one_peak']:.3f}, none {stats['instances_no_peak']:.3f}, "

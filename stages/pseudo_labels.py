@@ -16,7 +16,7 @@ from bestie.data.manifest import load_manifest
 from bestie.data.png import read_label_png
 from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
-from bestie.io import atomic_dir, write_json
+from bestie.io import atomic_dir, write_metrics
 from bestie.peaks import read_peaks
 from bestie.pseudo_labels import pseudo_label_metrics, save_pseudo_labels
 from bestie.stage import run_stage
@@ -55,7 +55,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         )
     with atomic_dir(args.out) as tmp:
         save_pseudo_labels(tmp, results)
-    write_json(args.metrics, pseudo_label_metrics(results, ground_truth))
+    write_metrics(args.metrics, pseudo_label_metrics(results, ground_truth))
 
 
 if __name__ == "__main__":

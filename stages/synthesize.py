@@ -4,7 +4,7 @@ import argparse
 
 from bestie.config import Params
 from bestie.data.synthetic import generate, statistics_from_root
-from bestie.io import atomic_dir, write_json
+from bestie.io import atomic_dir, write_metrics
 from bestie.stage import run_stage
 
 
@@ -12,7 +12,7 @@ def main(params: Params, out: str, metrics: str) -> None:
     with atomic_dir(out) as tmp:
         generate(tmp, params.synthesize)
         stats = statistics_from_root(tmp, void_width=params.synthesize.void_width)
-    write_json(metrics, stats)
+    write_metrics(metrics, stats)
 
 
 if __name__ == "__main__":

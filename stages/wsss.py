@@ -22,7 +22,7 @@ from bestie.data.manifest import load_manifest
 from bestie.data.png import voc_palette, write_label_png
 from bestie.data.transforms import normalize
 from bestie.data.voc import VOCDataset
-from bestie.io import atomic_dir, write_json
+from bestie.io import atomic_dir, write_metrics
 from bestie.models.pam import PeakAttention
 from bestie.runtime import select_device
 from bestie.stage import run_stage
@@ -110,7 +110,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             miou_ignore_as_background=round(_miou(background_confusion), 2),
             **{f"iou_{name}": round(100 * v, 2) for name, v in zip(("background", *manifest.class_names), iou.tolist())},
         )
-    write_json(args.metrics, metrics)
+    write_metrics(args.metrics, metrics)
     summary = f"mIoU {metrics.get('miou')} (raw CAM {metrics.get('miou_raw_cam')})"
     print(f"wsss: {len(manifest.train)} images in {seconds:.1f} s on {device}; {summary}, "
           f"ignore {100 * metrics['ignore_share']:.1f}% of pixels")

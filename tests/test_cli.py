@@ -15,6 +15,7 @@ from PIL import Image
 from bestie.checkpoint import save_checkpoint
 from bestie.cli import main
 from bestie.coco import decode_rle
+from bestie.errors import BestieError
 from bestie.models import BestieNet
 
 from .helpers import env_with_this_python
@@ -51,8 +52,7 @@ def test_help_lists_every_subcommand() -> None:
 def test_predict_writes_coco_results_and_overlays(tmp_path: Path, voc_fixture_root: Path, checkpoint: Path) -> None:
     folder = _images(tmp_path, voc_fixture_root)
     out = tmp_path / "out"
-    main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", "2",
-          "--device", "cpu"])
+    main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"])
     results = json.loads((out / "predictions.json").read_text())
     images = json.loads((out / "images.json").read_text())["images"]
     assert [Path(i["file_name"]).name for i in images] == ["a.jpg", "b.png"]
@@ -66,15 +66,55 @@ def test_predict_writes_coco_results_and_overlays(tmp_path: Path, voc_fixture_ro
     assert Image.open(out / "00002_b.png").size == (97, 61)
 
 
-def test_batch_and_flip_options_agree_on_what_they_should(tmp_path: Path, voc_fixture_root: Path, checkpoint: Path) -> None:
+def _predictions_by_file(out: Path) -> dict[str, list]:
+    images = {i["id"]: Path(i["file_name"]).name for i in json.loads((out / "images.json").read_text())["images"]}
+    by_file: dict[str, list] = {name: [] for name in images.values()}
+    for result in json.loads((out / "predictions.json").read_text()):
+        by_file[images[result["image_id"]]].append({k: v for k, v in result.items() if k != "image_id"})
+    return by_file
+
+
+def test_an_image_predicts_the_same_alone_or_among_others(tmp_path: Path, voc_fixture_root: Path, checkpoint: Path) -> None:
+    """No image's instances depend on the other inputs (no shared padding, no batch statistics)."""
     folder = _images(tmp_path, voc_fixture_root)
-    runs = {}
-    for batch in ("1", "2"):
-        out = tmp_path / f"out{batch}"
-        main(["predict", str(folder / "b.png"), "--checkpoint", str(checkpoint), "--out", str(out),
-              "--batch-size", batch, "--no-flip"])
-        runs[batch] = json.loads((out / "predictions.json").read_text())
-    assert len(runs["1"]) == len(runs["2"])
+    Image.open(folder / "a.jpg").resize((150, 90)).save(folder / "c.png")
+    Image.open(folder / "a.jpg").crop((0, 0, 200, 300)).save(folder / "d.png")
+    main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "all")])
+    together = _predictions_by_file(tmp_path / "all")
+    assert len(together) == 4 and any(together.values())
+    for name, predictions in together.items():
+        main(["predict", str(folder / name), "--checkpoint", str(checkpoint), "--out", str(tmp_path / name)])
+        assert _predictions_by_file(tmp_path / name)[name] == predictions, name
+
+
+def test_settings_come_from_the_evaluate_record_of_this_checkpoint(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bestie.cli import DEFAULT_SETTINGS, inference_settings
+    from bestie.config import InferenceParams
+    from bestie.inference import settings_record
+    from bestie.io import write_json
+
+    monkeypatch.chdir(tmp_path)
+    defaults, source = inference_settings(None, str(checkpoint), {})
+    assert defaults == InferenceParams() and source.startswith("built-in defaults (no ")
+
+    evaluated = InferenceParams(flip=False, center_thresh=0.25, nms_kernel=21)
+    write_json(DEFAULT_SETTINGS, settings_record(evaluated, checkpoint))
+    settings, source = inference_settings(None, str(checkpoint), {})
+    assert settings == evaluated and "the evaluate stage's" in source
+    settings, source = inference_settings(None, str(checkpoint), {"flip": True, "seg_refine.iterations": 0})
+    assert settings.flip and settings.seg_refine.iterations == 0 and settings.center_thresh == 0.25
+    assert "overridden: flip=True, seg_refine.iterations=0" in source
+
+    other = tmp_path / "other.pt"
+    other.write_bytes(checkpoint.read_bytes() + b"\0")  # another file: another digest
+    settings, source = inference_settings(None, str(other), {})
+    assert settings == InferenceParams() and "records another checkpoint" in source
+    with pytest.raises(BestieError, match="another checkpoint"):
+        inference_settings(DEFAULT_SETTINGS, str(other), {})  # an explicit record must match
+    with pytest.raises(BestieError, match="inference.nms_kernel must be odd"):
+        inference_settings(None, str(checkpoint), {"nms_kernel": 4})
 
 
 @pytest.mark.parametrize(

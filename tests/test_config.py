@@ -42,9 +42,10 @@ def test_ints_widen_to_floats() -> None:
         ({"data": {"rot": "x"}}, "unknown key data.rot"),
         ({"colour": 1}, "unknown key colour"),
         ({"data": "voc"}, "data must be a mapping"),
-        ({"evaluate": {"seg_refine": {"iterations": -1}}}, "evaluate.seg_refine.iterations must be >= 0"),
-        ({"evaluate": {"seg_refine": {"steps": 3}}}, "unknown key evaluate.seg_refine.steps"),
-        ({"evaluate": {"seg_refine": {"dilations": []}}}, "evaluate.seg_refine.dilations must not be empty"),
+        ({"inference": {"seg_refine": {"iterations": -1}}}, "inference.seg_refine.iterations must be >= 0"),
+        ({"inference": {"seg_refine": {"steps": 3}}}, "unknown key inference.seg_refine.steps"),
+        ({"inference": {"seg_refine": {"dilations": []}}}, "inference.seg_refine.dilations must not be empty"),
+        ({"inference": {"nms_kernel": 40}}, "inference.nms_kernel must be odd, got 40"),
     ],
 )
 def test_bad_values_name_their_key(raw: dict, message: str) -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 from bestie.data.prepare import prepare_dataset
 from bestie.data.voc import VOCDataset
 from bestie.evaluate_split import predict_split, write_evaluation
+from bestie.io import environment_versions
 from bestie.postprocess import Instances
 
 METRIC_KEYS = {"voc_map25", "voc_map50", "voc_map70", "voc_map75", "coco_ap", "coco_ap50", "coco_ap75"}
@@ -44,7 +45,7 @@ def test_ground_truth_as_predictions_scores_100(tmp_path, val):
         gallery_dir=tmp_path / "gallery",
     )
     assert set(metrics) == METRIC_KEYS and metrics["voc_map50"] == pytest.approx(100.0)
-    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {**metrics, "environment": environment_versions()}
     assert json.loads((tmp_path / "eval/predictions.json").read_text()) == predictions.results
     assert Image.open(tmp_path / f"gallery/{record.name}.png").size == (3 * 500 + 2 * 4, 12 + 375)
 

@@ -75,7 +75,7 @@ def test_maskrcnn_trains_evaluates_and_cleans_up(project: Path) -> None:
     checkpoint = torch.load(project / "data/models/maskrcnn.pt", weights_only=True)
     assert checkpoint["kind"] == "maskrcnn" and checkpoint["class_names"] == list(VOC_CLASSES)
     assert checkpoint["config"]["backbone"] == "small_fpn"
-    assert set(json.loads((project / "metrics/maskrcnn.json").read_text())) == METRIC_KEYS
+    assert set(json.loads((project / "metrics/maskrcnn.json").read_text())) == METRIC_KEYS | {"environment"}
     assert isinstance(json.loads((project / "data/eval/maskrcnn/predictions.json").read_text()), list)
     assert (project / f"metrics/gallery/maskrcnn/{ID}.png").is_file()
     log = (project / "metrics/maskrcnn/log.tsv").read_text().splitlines()

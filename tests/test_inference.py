@@ -1,4 +1,4 @@
-"""Inference on whole images: the segmentation refinement and the batched prediction."""
+"""Inference on whole images: the segmentation refinement and the prediction of one image."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from bestie.config import EvaluateParams, SegRefineParams
-from bestie.inference import predict_batch, predict_instances, refine_segmentation
+from bestie.config import InferenceParams, SegRefineParams
+from bestie.inference import predict_instances, refine_segmentation
 from bestie.models import BestieNet
 
 SIZE = 32
@@ -53,35 +53,26 @@ def test_zero_iterations_leave_the_logits_untouched():
     assert refine_segmentation(_two_tone_image(), logits, SegRefineParams(iterations=0)) is logits
 
 
-def test_predict_batch_refines_each_image_on_its_own_pixels():
+def test_prediction_is_refined_and_at_the_image_size():
     torch.manual_seed(0)
     model = BestieNet(num_classes=2, backbone="small").eval()
-    rng = np.random.default_rng(0)
-    # The first image fills the padded batch (40 x 48 is a multiple of 8); the second is padded.
-    images = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8), rng.integers(0, 255, (33, 30, 3), dtype=np.uint8)]
-    plain = dataclasses.replace(EvaluateParams(), seg_refine=SegRefineParams(iterations=0), min_size=1, center_thresh=0.0)
+    image = np.random.default_rng(0).integers(0, 255, (33, 30, 3), dtype=np.uint8)  # padded to 40 x 32
+    plain = InferenceParams(seg_refine=SegRefineParams(iterations=0), min_size=1, center_thresh=0.0)
     refined = dataclasses.replace(plain, seg_refine=SegRefineParams(iterations=5))
     device = torch.device("cpu")
-    batch = predict_batch(model, images, device, refined)
-    alone = predict_batch(model, images[:1], device, refined)[0]
-    # The padded neighbour does not leak into the first image's refinement.
-    np.testing.assert_array_equal(batch[0].masks, alone.masks)
-    np.testing.assert_allclose(batch[0].scores, alone.scores, rtol=1e-5)
-    assert [r.masks.shape[1:] for r in batch] == [im.shape[:2] for im in images]
-    # And the refinement is applied: the untouched logits give other instances.
-    unrefined = predict_batch(model, images[:1], device, plain)[0]
-    assert unrefined.masks.shape != alone.masks.shape or not np.array_equal(unrefined.masks, alone.masks)
+    result = predict_instances(model, image, device, refined)
+    assert result.masks.shape[1:] == image.shape[:2]
+    # The refinement is applied: the untouched logits give other instances.
+    unrefined = predict_instances(model, image, device, plain)
+    assert unrefined.masks.shape != result.masks.shape or not np.array_equal(unrefined.masks, result.masks)
 
 
-def test_point_guided_prediction_uses_each_image_own_points():
+def test_point_guided_prediction_uses_the_given_points():
     torch.manual_seed(0)
     model = BestieNet(num_classes=2, backbone="small").eval()
-    rng = np.random.default_rng(1)
-    images = [rng.integers(0, 255, (32, 40, 3), dtype=np.uint8) for _ in range(2)]
-    options = dataclasses.replace(EvaluateParams(), min_size=1)
-    points = [np.array([[5.0, 5.0, 1], [30.0, 20.0, 1]], dtype=np.float32), None]
-    guided, unguided = predict_batch(model, images, torch.device("cpu"), options, points=points)
-    # At most one instance a point, of the point's class; the image without points is not guided.
+    image = np.random.default_rng(1).integers(0, 255, (32, 40, 3), dtype=np.uint8)
+    options = InferenceParams(min_size=1)
+    points = np.array([[5.0, 5.0, 1], [30.0, 20.0, 1]], dtype=np.float32)
+    guided = predict_instances(model, image, torch.device("cpu"), options, points=points)
+    # At most one instance a point, of the point's class.
     assert len(guided) <= 2 and set(guided.classes.tolist()) <= {1}
-    alone = predict_instances(model, images[1], torch.device("cpu"), options)
-    np.testing.assert_array_equal(unguided.masks, alone.masks)

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from bestie.checkpoint import load_checkpoint
 from bestie.evaluation import voc_instance_map
+from bestie.io import environment_versions
 
 from .helpers import clone_project, env_with_this_python, write_params
 
@@ -73,6 +75,38 @@ def test_second_repro_changes_nothing(project: Path) -> None:
     assert "Data and pipelines are up to date" in result.stdout
 
 
+def test_inference_settings_rerun_only_the_stages_that_predict(project: Path) -> None:
+    params = (project / "params.yaml").read_text()
+    try:
+        write_params(project / "params.yaml", {**TINY, "inference": {"seg_refine": {"iterations": 3}}})
+        changed = json.loads(_dvc(project, "status", "--json").stdout)
+        assert set(changed) == {"evaluate", "export_coco"}  # maskrcnn follows export_coco's output
+        assert all("changed params" in str(entry) for entry in changed.values())
+    finally:
+        (project / "params.yaml").write_text(params)
+
+
+def test_predict_on_val_images_equals_the_evaluate_stage(project: Path) -> None:
+    """`bestie predict` in the project uses the evaluate stage's recorded settings: same predictions."""
+    gt = json.loads((project / "data/eval/val_gt.json").read_text())
+    image_id = {image["file_name"]: image["id"] for image in gt["images"]}
+    files = [str(project / "data/synthetic/JPEGImages" / name) for name in image_id]
+    result = subprocess.run(
+        [sys.executable, "-m", "bestie.cli", "predict", *files, "--checkpoint", "data/models/bestie.pt",
+         "--out", "predicted"],
+        cwd=project, env=env_with_this_python(), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "inference settings: data/eval/bestie/inference.json (the evaluate stage's)" in result.stdout
+    names = {i["id"]: Path(i["file_name"]).name for i in json.loads((project / "predicted/images.json").read_text())["images"]}
+    predicted = [dict(r, image_id=image_id[names[r["image_id"]]])
+                 for r in json.loads((project / "predicted/predictions.json").read_text())]
+    evaluated = json.loads((project / "data/eval/bestie/predictions.json").read_text())
+    assert evaluated, "the tiny model predicts nothing: this comparison would be empty"
+    key = lambda r: (r["image_id"], -r["score"], r["segmentation"]["counts"])  # noqa: E731
+    assert sorted(predicted, key=key) == sorted(evaluated, key=key)
+
+
 EDGES = {
     ("synthesize", "prepare"), ("prepare", "classifier"), ("classifier", "peaks"), ("classifier", "wsss"),
     ("peaks", "pseudo_labels"), ("wsss", "pseudo_labels"), ("pseudo_labels", "train"), ("train", "evaluate"),
@@ -89,8 +123,11 @@ def test_metrics_show_is_a_clean_table(project: Path) -> None:
     shown = _dvc(project, "metrics", "show", "--json").stdout
     files = next(iter(json.loads(shown).values()))["data"]
     assert {"metrics/dataset.json", "metrics/bestie.json", "metrics/maskrcnn.json"} <= set(files)
-    for name, content in files.items():  # flat keys, numbers only
-        assert all(isinstance(v, (int, float)) for v in content["data"].values()), name
+    versions = environment_versions()
+    for name, content in files.items():  # numbers, and the versions that produced them
+        data = content["data"]
+        assert data.pop("environment") == versions, name
+        assert all(isinstance(v, (int, float)) for v in data.values()), name
 
 
 def test_plots_show_renders_curves_and_galleries(project: Path) -> None:

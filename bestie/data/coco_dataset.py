@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from bestie.coco import decode_segmentation, load_coco_gt
 from bestie.errors import BestieError
+from bestie.io import read_image
 
 __all__ = ["CocoInstances", "masks_to_boxes", "to_tensor", "collate_detection"]
 
@@ -76,17 +77,11 @@ class CocoInstances(Dataset):
 
     def read_image(self, image_id: int) -> np.ndarray:
         """[H, W, 3] uint8 RGB, checked against the annotation file's size."""
-        from PIL import Image, UnidentifiedImageError
-
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"))
-        except FileNotFoundError:
-            raise BestieError(f"{path}: image of the annotation file not found") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise BestieError(f"{path}: unreadable or truncated image ({err})") from None
+        if not path.is_file():
+            raise BestieError(f"{path}: image of the annotation file not found")
+        array = read_image(path)
         if array.shape[:2] != (info["height"], info["width"]):
             raise BestieError(
                 f"{path}: image is {array.shape[1]}x{array.shape[0]} but the annotation file says "

@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from bestie.data.png import read_label_png
 from bestie.errors import BestieError
+from bestie.io import read_image
 
 __all__ = ["VOC_CLASSES", "VOCDataset", "GroundTruth", "interior_points"]
 
@@ -160,11 +161,7 @@ class VOCDataset:
         path = self.image_path(image_id)
         if not path.is_file():
             raise BestieError(f"{path}: image listed in {self.split}.txt not found")
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise BestieError(f"{path}: unreadable or truncated image ({err})") from None
+        return read_image(path)
 
     def _read_mask(self, path: Path, size: tuple[int, int]) -> np.ndarray:
         try:
