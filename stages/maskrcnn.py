@@ -1,27 +1,28 @@
 """DVC stage `maskrcnn`: Mask R-CNN trained on the exported pseudo labels, then evaluated on val.
 
-Interrupted runs resume from the last state checkpoint under `--state-dir` when the params and
-the pseudo labels are the same; the final model is written atomically at the end.
+Interrupted runs resume from the last state checkpoint under `--state-dir` when the params,
+the pseudo labels and the code are the same; the final model is written atomically at the end.
 """
 
 import argparse
 from pathlib import Path
 
-from bestie.checkpoint import load_checkpoint, save_checkpoint
+from bestie.checkpoint import save_checkpoint
 from bestie.config import Params, to_dict
 from bestie.data.coco_dataset import CocoInstances
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.engine import TrainState
 from bestie.evaluate_split import predict_split, write_evaluation
-from bestie.fingerprint import run_fingerprint
+from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_tsv
 from bestie.maskrcnn import LOSS_NAMES, build_maskrcnn, predict_maskrcnn, train_maskrcnn
 from bestie.runtime import seed_everything, select_device
 from bestie.stage import run_stage
 
 LOG_COLUMNS = ("step", "loss", *LOSS_NAMES.values(), "lr", "seconds")
-# Knobs that do not change the trained weights: changing them still resumes.
+# `maskrcnn` params that do not change the trained weights (the last three act at inference only):
+# changing them still resumes.
 NOT_IN_FINGERPRINT = ("resume", "workers", "log_every", "checkpoint_every", "score_thresh",
                       "detections_per_image", "mask_thresh")
 
@@ -36,17 +37,18 @@ def main(params: Params, args: argparse.Namespace) -> None:
     config = {**to_dict(options), "supervision": params.supervision, "seed": params.seed}
 
     fingerprint = run_fingerprint(
-        {**{k: v for k, v in config.items() if k not in NOT_IN_FINGERPRINT}, "images": params.data.root},
-        [Path(args.annotations)],
+        {**config, "images": params.data.root}, [Path(args.annotations)], stage_code_files(Path(__file__)),
+        ignore=NOT_IN_FINGERPRINT,
     )
-    state_path = Path(args.state_dir) / f"maskrcnn-{fingerprint}.pt"
+    state_path, saved = find_run_state(
+        args.state_dir, stage="maskrcnn", kind="maskrcnn", fingerprint=fingerprint, resume=options.resume,
+        class_names=manifest.class_names,
+    )
     state, history = TrainState(), []
-    if options.resume and state_path.is_file():
-        saved = load_checkpoint(state_path, kind="maskrcnn", class_names=manifest.class_names)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         state = TrainState(saved["extra"]["iteration"], saved["extra"]["optimizer"])
         history = saved["extra"]["history"]
-        print(f"resuming from iteration {state.iteration} ({state_path})")
 
     def save_state(network, new_state: TrainState) -> None:
         save_checkpoint(

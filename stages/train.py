@@ -3,41 +3,28 @@
 Runs as one process (`python stages/train.py`) or several
 (`torchrun --nproc_per_node=N stages/train.py`: gloo on the CPU, nccl on CUDA).
 Interrupted runs resume from the last state checkpoint under `--state-dir` when the
-params and inputs are the same; the final model is written atomically at the end.
+params, inputs and code are the same; the final model is written atomically at the end.
 """
 
 import argparse
-import hashlib
-import json
 from pathlib import Path
 
-from bestie.checkpoint import load_checkpoint, save_checkpoint
+from bestie.checkpoint import save_checkpoint
 from bestie.config import Params, to_dict
 from bestie.data.instance_dataset import BestieTrainDataset, collate_samples
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.distributed import init_distributed, shutdown_distributed
 from bestie.engine import TrainState, train_bestie
+from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_tsv
 from bestie.models import BestieNet
 from bestie.runtime import seed_everything
 from bestie.stage import run_stage
 
 LOG_COLUMNS = ("step", "loss", "seg", "center", "offset", "lr", "refine_ms", "seconds")
-
-
-def run_fingerprint(params: Params, inputs: list[Path]) -> str:
-    """Hash of everything the trained weights depend on: the state to resume must match it."""
-    digest = hashlib.sha256()
-    # Knobs that do not change the weights stay out, so changing them still resumes.
-    train = {k: v for k, v in to_dict(params.train).items() if k not in ("resume", "workers", "log_every")}
-    config = {"train": train, "supervision": params.supervision, "seed": params.seed}
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    for folder in inputs:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+# `train` params that do not change the trained weights: changing them still resumes.
+NOT_IN_FINGERPRINT = ("resume", "workers", "log_every", "checkpoint_every")
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -57,16 +44,21 @@ def main(params: Params, args: argparse.Namespace) -> None:
         ).to(context.device)
         config = {**to_dict(train), "supervision": params.supervision, "seed": params.seed}
 
-        state_path = Path(args.state_dir) / f"bestie-{run_fingerprint(params, [Path(args.wsss), Path(args.pseudo_labels)])}.pt"
+        fingerprint = run_fingerprint(
+            {**config, "images": params.data.root, "pseudo_label_min_size": params.pseudo_labels.min_size},
+            [Path(args.wsss), Path(args.pseudo_labels)], stage_code_files(Path(__file__)),
+            ignore=NOT_IN_FINGERPRINT,
+        )
+        state_path, saved = find_run_state(
+            args.state_dir, stage="train", kind="bestie", fingerprint=fingerprint, resume=train.resume,
+            class_names=manifest.class_names, is_main=context.is_main,
+        )
         state, history = TrainState(), []
-        if train.resume and state_path.is_file():
-            saved = load_checkpoint(state_path, kind="bestie", class_names=manifest.class_names)
+        if saved is not None:
             model.load_state_dict(saved["model"])
             extra = saved["extra"]
             state = TrainState(extra["iteration"], extra["optimizer"], extra["scaler"])
             history = extra["history"]
-            if context.is_main:
-                print(f"resuming from iteration {state.iteration} ({state_path})")
 
         def save_state(network, new_state: TrainState) -> None:
             save_checkpoint(
