@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bestie.checkpoint import load_checkpoint
 from bestie.evaluation import voc_instance_map
@@ -108,7 +109,7 @@ def test_predict_on_val_images_equals_the_evaluate_stage(project: Path) -> None:
 
 
 EDGES = {
-    ("synthesize", "prepare"), ("prepare", "classifier"), ("classifier", "peaks"), ("classifier", "wsss"),
+    ("check_params", "synthesize"), ("check_params", "prepare"), ("synthesize", "prepare"), ("prepare", "classifier"), ("classifier", "peaks"), ("classifier", "wsss"),
     ("peaks", "pseudo_labels"), ("wsss", "pseudo_labels"), ("pseudo_labels", "train"), ("train", "evaluate"),
     ("train", "export_coco"), ("export_coco", "maskrcnn"),
 }
@@ -143,20 +144,48 @@ def test_other_supervisions_run_as_experiments(project: Path, supervision: str) 
     assert shown  # the experiment is recorded with its metrics
 
 
-def test_bad_param_stops_repro_at_the_first_stage(project: Path) -> None:
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"supervision": "bbox"}, "supervision must be one of cls | point | full, got 'bbox'"),
+        ({"trian": {"iterations": 5}}, "unknown key trian"),
+        ({"inference": {"nms_kernel": 40}}, "inference.nms_kernel must be odd, got 40"),
+    ],
+)
+def test_a_refused_param_costs_no_result(project: Path, bad: dict, message: str) -> None:
+    """check_params refuses the value before DVC removes any stage's outputs; back to the good
+    value, nothing re-runs."""
     params = (project / "params.yaml").read_text()
+    kept = ["metrics/bestie.json", "metrics/train/log.tsv", "metrics/maskrcnn.json", "data/models/bestie.pt",
+            "data/eval/bestie/predictions.json"]
+    before = {name: (project / name).read_bytes() for name in kept}
     try:
-        write_params(project / "params.yaml", {**TINY, "supervision": "bbox"})
+        write_params(project / "params.yaml", {**TINY, **bad})
         result = subprocess.run(
-            ["dvc", "repro", "--force"], cwd=project, env=env_with_this_python(), capture_output=True, text=True
+            ["dvc", "repro"], cwd=project, env=env_with_this_python(), capture_output=True, text=True
         )
         assert result.returncode != 0
-        assert "supervision must be one of cls | point | full, got 'bbox'" in result.stderr + result.stdout
+        assert message in result.stderr + result.stdout
         assert "Traceback" not in result.stderr + result.stdout
+        assert {name: (project / name).read_bytes() for name in kept} == before
     finally:
         (project / "params.yaml").write_text(params)
-        _dvc(project, "checkout", "-f")
-        _dvc(project, "repro")
+    assert "Data and pipelines are up to date" in _dvc(project, "repro").stdout
+
+
+def _output_hashes(project: Path, stage: str) -> dict[str, str]:
+    """md5 of a stage's outputs in dvc.lock, but the training log (it holds wall times)."""
+    outs = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]["outs"]
+    return {out["path"]: out["md5"] for out in outs if not out["path"].endswith("log.tsv")}
+
+
+def test_a_forced_rerun_reproduces_the_results_bit_for_bit(project: Path) -> None:
+    """Same code, params, data and locked environment: the same weights, predictions and metrics."""
+    before = {stage: _output_hashes(project, stage) for stage in ("train", "evaluate")}
+    metrics = (project / "metrics/bestie.json").read_text()
+    _dvc(project, "repro", "--force", "--single-item", "train", "evaluate")
+    assert {stage: _output_hashes(project, stage) for stage in ("train", "evaluate")} == before
+    assert (project / "metrics/bestie.json").read_text() == metrics
 
 
 def test_killed_training_resumes_and_leaves_nothing_corrupt(project: Path) -> None:

@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic data, the VOC reader, the prepared manifest, training sets."""
