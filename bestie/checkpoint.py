@@ -8,28 +8,36 @@ unpickled from a file someone sent you)::
      "config": {...}, "class_names": [...], "model": state_dict, "extra": {...}}
 
 ``extra`` holds whatever resuming needs (optimizer and scheduler state, epoch, ...).
+
+``torch.save`` writes a zip archive whose records carry CRC-32s that ``torch.load`` does not
+check: :func:`load_checkpoint` verifies them, so damaged weights are refused instead of
+loading silently as other weights. :func:`load_weights` puts weights into a model, refusing
+weights of another architecture or class count with one line naming the first differing tensor.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bestie.errors import BestieError
 from bestie.io import atomic_file
 
-__all__ = ["KINDS", "save_checkpoint", "load_checkpoint"]
+__all__ = ["KINDS", "save_checkpoint", "load_checkpoint", "load_weights"]
 
 KINDS = ("pam", "bestie", "maskrcnn")
 FORMAT = "bestie"
 VERSION = 1
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+_DOS_FOLDER = 0x10  # the "directory" bit of a zip record's external attributes
 
 
 def _check_plain(value: Any, key: str) -> None:
@@ -86,6 +94,26 @@ def save_checkpoint(
         torch.save(payload, handle)
 
 
+def _verify_records(path: Path) -> None:
+    """Read every record of the checkpoint's zip archive against its CRC-32.
+
+    Also refused: a record marked as a folder (the MS-DOS attribute), which torch's reader
+    reads as empty, loading its tensor as uninitialised memory without an error; every
+    record ``torch.save`` writes is a file.
+
+    Raises:
+        BestieError: naming the first damaged record.
+        zipfile.BadZipFile: not a (complete) zip archive.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for record in archive.infolist():
+            if record.external_attr & _DOS_FOLDER:
+                raise BestieError(f"{path}: corrupt checkpoint: record {record.filename!r} is marked as a folder")
+        damaged = archive.testzip()
+    if damaged is not None:
+        raise BestieError(f"{path}: corrupt checkpoint: record {damaged!r} fails its CRC-32 check")
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     *,
@@ -103,19 +131,22 @@ def load_checkpoint(
     Returns:
         the checkpoint dict (keys ``kind``, ``config``, ``class_names``, ``model``, ``extra``, ...).
     Raises:
-        BestieError: missing, truncated or corrupt file; not a bestie checkpoint; another
-            kind; another class set.
+        BestieError: missing, truncated or corrupt file (a record failing its CRC-32 is
+            named); not a bestie checkpoint; another kind; another class set.
     """
     path = Path(path)
     if not path.is_file():
         raise BestieError(f"{path}: checkpoint not found")
     try:
+        _verify_records(path)
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    # What torch.load raises on damaged input depends on where the damage is: a truncated
-    # zip archive is a RuntimeError from its reader, refused or garbage pickle opcodes are
-    # UnpicklingError / KeyError / IndexError, cut bytes EOFError, flipped bytes in a
-    # string UnicodeDecodeError (a ValueError).
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueError) as err:
+    # Damage the CRC-32s cannot see (a cut or garbled archive directory) fails in zipfile
+    # (BadZipFile, or an OSError seeking to a garbled offset) or torch.load, whose error
+    # depends on where the damage is: a truncated zip archive is a RuntimeError from its
+    # reader, refused or garbage pickle opcodes are UnpicklingError / KeyError / IndexError,
+    # cut bytes EOFError, flipped bytes in a string UnicodeDecodeError (a ValueError).
+    except (zipfile.BadZipFile, OSError, RuntimeError, pickle.UnpicklingError, EOFError, KeyError,
+            IndexError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise BestieError(f"{path}: unreadable, truncated or corrupt checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
@@ -133,3 +164,32 @@ def load_checkpoint(
             f"{list(class_names)}; re-run the stage that trained it"
         )
     return checkpoint
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str | os.PathLike) -> None:
+    """Load ``state_dict`` into ``model`` (strictly), once it is known to fit.
+
+    ``load_state_dict`` refuses misfitting weights too, but with a traceback listing every
+    tensor; a checkpoint of another backbone, width or class count is a user's mistake,
+    named here in one line by its first differing tensor, in the model's order.
+
+    Args:
+        source: where the weights come from (the checkpoint path), for the message.
+    Raises:
+        BestieError: a tensor of the model missing from ``state_dict``, one of another
+            shape, or one the model has no place for.
+    """
+    expected = model.state_dict()
+    misfit = f"{source}: weights do not fit the model:"
+    for name, tensor in expected.items():
+        if name not in state_dict:
+            raise BestieError(f"{misfit} the checkpoint lacks tensor {name}")
+        if state_dict[name].shape != tensor.shape:
+            raise BestieError(
+                f"{misfit} tensor {name} is {list(state_dict[name].shape)} in the checkpoint, "
+                f"{list(tensor.shape)} in the model"
+            )
+    unexpected = [name for name in state_dict if name not in expected]
+    if unexpected:
+        raise BestieError(f"{misfit} the checkpoint's tensor {unexpected[0]} has no place in the model")
+    model.load_state_dict(state_dict)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from bestie.checkpoint import load_weights
 from bestie.config import ClassifierParams
 from bestie.models.backbones import build_backbone
 from bestie.models.pam import PAMClassifier, multilabel_loss
@@ -160,15 +163,16 @@ def build_classifier(
     )
 
 
-def classifier_from_checkpoint(checkpoint: dict) -> PAMClassifier:
+def classifier_from_checkpoint(checkpoint: dict, source: str | os.PathLike = "the pam checkpoint") -> PAMClassifier:
     """Rebuild the classifier a ``pam`` checkpoint holds, in eval mode.
 
     ``checkpoint`` is what :func:`bestie.checkpoint.load_checkpoint` returns; its config
-    is the ``classifier`` params it was trained with.
+    is the ``classifier`` params it was trained with. ``source`` (its path) names it if
+    its weights do not fit that classifier.
     """
     config = checkpoint["config"]
     model = build_classifier(
         len(checkpoint["class_names"]), config["backbone"], config["width"], config["alpha"]
     )
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint["model"], source=source)
     return model.eval()

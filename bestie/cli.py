@@ -3,7 +3,8 @@
     bestie predict IMAGE_OR_FOLDER... --checkpoint data/models/bestie.pt --out predictions/
 
 Expected failures (a missing or corrupt checkpoint, a checkpoint of another model or class
-set, an unreadable image) print one line ``error: ...`` and exit with status 1.
+set, an unreadable image, an ``--out`` that holds anything but an earlier result) print one
+line ``error: ...`` and exit with status 1. Every input is checked before the model is loaded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from bestie import __version__
 from bestie.coco import masks_to_results
 from bestie.config import InferenceParams, parse_section, to_dict
+from bestie.data.voc import read_class_names
 from bestie.errors import BestieError
 from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, recorded_settings
 from bestie.io import atomic_dir, read_image, write_json
@@ -26,6 +28,9 @@ from bestie.runtime import select_device
 from bestie.visualize import overlay_instances
 
 DEFAULT_SETTINGS = f"data/eval/bestie/{SETTINGS_FILE}"  # the evaluate stage's record
+# Written into every result folder: only a folder holding it (and nothing added since) is
+# replaced by the next `bestie predict --out` there; any other non-empty path is refused.
+RESULT_MARKER = ".bestie-predict"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -88,18 +93,18 @@ def predict_images(
 ) -> None:
     """A trained checkpoint on images and folders -> ``out_dir``: COCO results + overlays.
 
-    Each image is predicted on its own (:func:`bestie.inference.predict_instances`), so its
-    instances do not depend on the other inputs.
+    ``out_dir`` must be new, empty or an earlier result (:data:`RESULT_MARKER`); it is
+    checked with the other inputs, before the model is loaded. Each image is predicted on
+    its own (:func:`bestie.inference.predict_instances`), so its instances do not depend on
+    the other inputs.
     """
     device = select_device(device)
-    class_names = None
-    if classes_file:
-        class_names = [n.strip() for n in Path(classes_file).read_text().splitlines() if n.strip()]
-    model, checkpoint = load_bestie(checkpoint_path, device, class_names=class_names)
-    class_names = checkpoint["class_names"]
     paths = find_images(inputs)
-    results, images_table = [], []
-    with atomic_dir(out_dir) as out:
+    class_names = read_class_names(classes_file) if classes_file else None
+    with atomic_dir(out_dir, marker=RESULT_MARKER) as out:
+        model, checkpoint = load_bestie(checkpoint_path, device, class_names=class_names)
+        class_names = checkpoint["class_names"]
+        results, images_table = [], []
         for image_id, path in enumerate(tqdm(paths, desc="predict", unit="image", disable=None), start=1):
             image = read_image(path)
             instances = predict_instances(model, image, device, settings)
@@ -142,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     predict.add_argument("--checkpoint", required=True, help="a bestie.pt written by the train stage")
-    predict.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    predict.add_argument("--out", required=True, help="output folder: new, empty or an earlier result of "
+                         "bestie predict, which is replaced atomically; anything else is refused")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     predict.add_argument("--score-thresh", type=float, default=0.0, help="drop instances scoring below")
     settings = predict.add_argument_group(

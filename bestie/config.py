@@ -5,7 +5,10 @@ and turned into frozen dataclasses that library code receives as explicit argume
 Every stage loads the whole file, so one bad value stops ``dvc repro`` at its first stage
 with a one-line message naming the key.
 
-A field's limits live in its metadata: ``min``/``max`` (inclusive), ``choices``.
+A field's limits live in its metadata: ``min``/``max`` (inclusive), ``choices`` and
+``parity`` (``"odd"``, e.g. a centred window's width, or ``"even"``) bound a value, or each
+item of a list; ``nonempty`` refuses an empty string or list. What relates two fields is checked in the
+dataclass's ``__post_init__``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from bestie.errors import BestieError
 __all__ = ["Params", "load_params", "parse_params", "parse_section", "SUPERVISIONS"]
 
 SUPERVISIONS = ("cls", "point", "full")
+MAX_SEED = 2**32 - 1  # the usual seed range (torch.manual_seed fails beyond 64 bits)
+_PARITY = {"even": 0, "odd": 1}
 
 
 def _f(default: Any, **limits: Any) -> Any:
-    """A dataclass field with validation limits (``min``, ``max``, ``choices``)."""
+    """A dataclass field with validation limits (``min``, ``max``, ``choices``, ``parity``, ``nonempty``)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=limits)
     return field(default=default, metadata=limits)
@@ -35,9 +40,9 @@ def _f(default: Any, **limits: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataParams:
-    root: str = _f("data/synthetic")
-    train_split: str = _f("train")  # ImageSets/Segmentation/<name>.txt, e.g. train_aug
-    val_split: str = _f("val")
+    root: str = _f("data/synthetic", nonempty=True)
+    train_split: str = _f("train", nonempty=True)  # ImageSets/Segmentation/<name>.txt, e.g. train_aug
+    val_split: str = _f("val", nonempty=True)
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class SynthesizeParams:
     distractors: int = _f(3, min=0, max=20)  # max class-free clutter shapes per image
     hue_spread: float = _f(0.25, min=0.0, max=1.0)  # width of a class's hue family (1: any hue)
     void_width: int = _f(1, min=0, max=5)  # px of 255 band on instance borders
-    seed: int = _f(0, min=0)
+    seed: int = _f(0, min=0, max=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,13 @@ class ClassifierParams:
     """The PAM multi-label classifier whose class maps give the peak points (METHOD.md §1)."""
 
     backbone: str = _f("small", choices=("small", "vgg16"))
-    width: int = _f(16, min=8)  # small backbone only: channels of its first stage (even)
+    width: int = _f(16, min=8, parity="even")  # small backbone only: channels of its first stage
     pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
     # PAM threshold; 0 gives a plain CAM classifier. The published 0.7 suits ImageNet-initialised
     # VGG-16; from scratch, PAM's sparse gradients halve "one peak per instance" (README).
     alpha: float = _f(0.0, min=0.0, max=1.0)
     epochs: int = _f(40, min=1)
-    lr_steps: list[int] = _f([32, 37])  # epochs at which the lr is divided by 10
+    lr_steps: list[int] = _f([32, 37], min=1)  # epochs at which the lr is divided by 10
     batch_size: int = _f(16, min=1)
     optimizer: str = _f("adam", choices=("adam", "sgd"))  # sgd: momentum 0.9
     lr: float = _f(1e-3, min=0.0)
@@ -80,8 +85,13 @@ class ClassifierParams:
     workers: int = _f(0, min=0)  # loader processes; 0 is fastest on a small CPU machine
 
     def __post_init__(self) -> None:
-        if self.width % 2:
-            raise BestieError(f"params: classifier.width must be even, got {self.width}")
+        steps = self.lr_steps
+        if any(a >= b for a, b in zip(steps, steps[1:])):
+            raise BestieError(f"params: classifier.lr_steps must be strictly increasing, got {steps}")
+        if steps and steps[-1] > self.epochs:
+            raise BestieError(
+                f"params: classifier.lr_steps ({steps}) must not exceed classifier.epochs ({self.epochs})"
+            )
 
 
 @dataclass(frozen=True)
@@ -89,17 +99,12 @@ class PeaksParams:
     """Peak extraction from the classifier's class maps (METHOD.md §1)."""
 
     flip: bool = _f(True)
-    smooth_kernel: int = _f(3, min=1)
-    nms_kernel: int = _f(15, min=1)
+    smooth_kernel: int = _f(3, min=1, parity="odd")
+    nms_kernel: int = _f(15, min=1, parity="odd")
     max_per_class: int = _f(25, min=1)
     score_thresh: float = _f(0.1, min=0.0, max=1.0)
     pseudo_thresh: float = _f(0.3, min=0.0, max=1.0)  # only peaks above it are used downstream (published 0.7)
     batch_size: int = _f(16, min=1)  # images of different sizes are padded to the largest
-
-    def __post_init__(self) -> None:
-        for name in ("smooth_kernel", "nms_kernel"):  # centred windows need odd sizes
-            if getattr(self, name) % 2 == 0:
-                raise BestieError(f"params: peaks.{name} must be odd, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -107,21 +112,16 @@ class WSSSParams:
     """Semantic pseudo labels: the classifier's CAMs, refined to follow image edges (METHOD.md §2)."""
 
     alpha: float = _f(0.0, min=0.0, max=1.0)  # PAM threshold applied to the CAMs (0: plain CAM)
-    scales: list[float] = _f([1.0, 0.75, 1.25], min=0.1)
+    scales: list[float] = _f([1.0, 0.75, 1.25], min=0.1, nonempty=True)
     flip: bool = _f(True)
     bg_threshold: float = _f(0.2, min=0.0, max=1.0)  # background score; CAMs peak at 1
     refine: str = _f("pamr", choices=("pamr", "crf"))  # pixel-adaptive refinement | local dense CRF
     texture_window: int = _f(5, choices=(1, 3, 5, 7, 9))  # guide: colour + local mean, std (1: colour)
     refine_stride: int = _f(2, choices=(1, 2, 4))  # refine on a grid this many times coarser
-    dilations: list[int] = _f([1, 2, 4, 8, 12, 16], min=1)  # refinement neighbourhoods, coarse px
+    dilations: list[int] = _f([1, 2, 4, 8, 12, 16], min=1, nonempty=True)  # refinement neighbourhoods, coarse px
     iterations: int = _f(30, min=0)
     min_confidence: float = _f(0.5, min=0.0, max=1.0)  # less confident pixels become 255 (ignore)
     gallery: int = _f(6, min=0)  # training images drawn in the gallery
-
-    def __post_init__(self) -> None:
-        for name in ("scales", "dilations"):
-            if not getattr(self, name):
-                raise BestieError(f"params: wsss.{name} must not be empty")
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,8 @@ class TrainParams:
     dense_center_loss: bool = _f(True)
     refine: bool = _f(True)
     refine_iter: int = _f(0, min=0)
-    refine_thresh: float = _f(0.3, min=0.0)
-    refine_nms_kernel: int = _f(41, min=1)
+    refine_thresh: float = _f(0.3, min=0.0, max=1.0)  # center heatmaps peak at 1
+    refine_nms_kernel: int = _f(41, min=1, parity="odd")
     refine_max_instances: int = _f(5, min=1)
     amp: bool = _f(True)  # only takes effect on CUDA
     workers: int = _f(2, min=0)
@@ -179,11 +179,7 @@ class SegRefineParams:
     iterations: int = _f(10, min=0)  # 0: off
     texture_window: int = _f(5, choices=(1, 3, 5, 7, 9))  # guide: colour + local mean, std (1: colour)
     stride: int = _f(2, choices=(1, 2, 4))  # refine on a grid this many times coarser
-    dilations: list[int] = _f([1, 2, 4, 8, 12, 16], min=1)  # neighbourhoods, in coarse px
-
-    def __post_init__(self) -> None:
-        if not self.dilations:
-            raise BestieError("params: inference.seg_refine.dilations must not be empty")
+    dilations: list[int] = _f([1, 2, 4, 8, 12, 16], min=1, nonempty=True)  # neighbourhoods, in coarse px
 
 
 @dataclass(frozen=True)
@@ -196,13 +192,9 @@ class InferenceParams:
 
     flip: bool = _f(True)  # average the outputs of the image and its mirror image
     seg_refine: SegRefineParams = field(default_factory=SegRefineParams)
-    center_thresh: float = _f(0.1, min=0.0)
-    nms_kernel: int = _f(41, min=1)
+    center_thresh: float = _f(0.1, min=0.0, max=1.0)  # center heatmaps peak at 1
+    nms_kernel: int = _f(41, min=1, parity="odd")
     min_size: int = _f(50, min=1)
-
-    def __post_init__(self) -> None:
-        if self.nms_kernel % 2 == 0:  # a centred window needs an odd width
-            raise BestieError(f"params: inference.nms_kernel must be odd, got {self.nms_kernel}")
 
 
 @dataclass(frozen=True)
@@ -231,7 +223,7 @@ class MaskRCNNParams:
     backbone: str = _f("small_fpn", choices=("small_fpn", "resnet50_fpn"))
     pretrained: bool = _f(False)  # ImageNet weights for resnet50_fpn (needs internet)
     anchor_size: int = _f(16, min=1)  # anchors of the finest FPN level; doubles per level
-    min_size: list[int] = _f([128])  # short side: drawn from the list in training, the last at test
+    min_size: list[int] = _f([128], min=1, nonempty=True)  # short side: drawn from the list in training, the last at test
     max_size: int = _f(256, min=1)  # long side cap
     iterations: int = _f(2000, min=1)
     batch_size: int = _f(2, min=1)  # small batches, many updates: best for a short CPU schedule
@@ -253,7 +245,7 @@ class MaskRCNNParams:
 @dataclass(frozen=True)
 class Params:
     supervision: str = _f("cls", choices=SUPERVISIONS)
-    seed: int = _f(3407, min=0)
+    seed: int = _f(3407, min=0, max=MAX_SEED)
     data: DataParams = field(default_factory=DataParams)
     synthesize: SynthesizeParams = field(default_factory=SynthesizeParams)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
@@ -322,6 +314,8 @@ def _check_value(value: Any, tp: Any, key: str, limits: dict) -> Any:
         raise BestieError(f"params: {key} must be >= {limits['min']}, got {value!r}")
     if "max" in limits and value > limits["max"]:
         raise BestieError(f"params: {key} must be <= {limits['max']}, got {value!r}")
+    if "parity" in limits and value % 2 != _PARITY[limits["parity"]]:
+        raise BestieError(f"params: {key} must be {limits['parity']}, got {value!r}")
     return value
 
 
@@ -337,7 +331,10 @@ def _build(cls: type, raw: dict, prefix: str = "") -> Any:
     kwargs = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _check_value(value, hints[name], key, dict(fields[name].metadata))
+        limits = dict(fields[name].metadata)
+        kwargs[name] = _check_value(value, hints[name], key, limits)
+        if limits.get("nonempty") and not kwargs[name]:  # the field as a whole, not its items
+            raise BestieError(f"params: {key} must not be empty")
     return cls(**kwargs)
 
 
@@ -365,8 +362,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise BestieError(f"{path}: params file not found")
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise BestieError(f"{path}: not valid YAML ({err})") from None
+    except yaml.YAMLError as err:  # its text spans several lines: keep the problem and where
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise BestieError(f"{path}: not valid YAML ({problem}{where})") from None
     return parse_params(raw)
 
 

@@ -81,11 +81,11 @@ def write_evaluation(
     ``records`` maps file names to JSON-able values written beside the predictions (e.g. the
     settings they were made with).
     """
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, replace=True) as tmp:
         write_json(Path(tmp) / "predictions.json", predictions.results, indent=None)
         for name, value in (records or {}).items():
             write_json(Path(tmp) / name, value)
-    with atomic_dir(gallery_dir) as tmp:
+    with atomic_dir(gallery_dir, replace=True) as tmp:
         for name, picture in predictions.gallery.items():
             Image.fromarray(picture).save(Path(tmp) / f"{name}.png")
     metrics = evaluate_instances(gt_path, predictions.results)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bestie.cam import refine_scores, texture_guide
-from bestie.checkpoint import load_checkpoint
+from bestie.checkpoint import load_checkpoint, load_weights
 from bestie.config import InferenceParams, SegRefineParams, parse_section, to_dict
 from bestie.errors import BestieError
 from bestie.io import file_sha256, read_json
@@ -39,7 +39,7 @@ def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module
     """
     checkpoint = load_checkpoint(path, kind="bestie", class_names=class_names)
     model = BestieNet(len(checkpoint["class_names"]), checkpoint["config"]["backbone"], pretrained=False)
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint["model"], source=path)
     return model.to(device).eval(), checkpoint
 
 

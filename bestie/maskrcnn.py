@@ -36,7 +36,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from tqdm import tqdm
 
-from bestie.checkpoint import load_checkpoint
+from bestie.checkpoint import load_checkpoint, load_weights
 from bestie.config import MaskRCNNParams
 from bestie.data.coco_dataset import collate_detection, to_tensor
 from bestie.engine import IterationBatches, TrainState, poly_lr
@@ -184,7 +184,7 @@ def load_maskrcnn(path, device: torch.device, class_names=None) -> tuple[MaskRCN
     params = MaskRCNNParams(**{k: v for k, v in checkpoint["config"].items() if k in known})
     # The checkpoint holds every weight: no ImageNet download.
     model = build_maskrcnn(len(checkpoint["class_names"]), params, download=False)
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint["model"], source=path)
     return model.to(device).eval(), checkpoint
 
 

@@ -7,7 +7,7 @@ the pseudo labels and the code are the same; the final model is written atomical
 import argparse
 from pathlib import Path
 
-from bestie.checkpoint import save_checkpoint
+from bestie.checkpoint import load_weights, save_checkpoint
 from bestie.config import Params, to_dict
 from bestie.data.coco_dataset import CocoInstances
 from bestie.data.manifest import load_manifest
@@ -46,7 +46,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     )
     state, history = TrainState(), []
     if saved is not None:
-        model.load_state_dict(saved["model"])
+        load_weights(model, saved["model"], source=state_path)
         state = TrainState(saved["extra"]["iteration"], saved["extra"]["optimizer"])
         history = saved["extra"]["history"]
 

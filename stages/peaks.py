@@ -39,7 +39,7 @@ def given_points(records: list[ImageRecord], manifest_path: str) -> list[np.ndar
 
 def classifier_peaks(params: Params, manifest: Manifest, model_path: str, device_name: str) -> list[np.ndarray]:
     checkpoint = load_checkpoint(model_path, kind="pam", class_names=manifest.class_names)
-    model = classifier_from_checkpoint(checkpoint)
+    model = classifier_from_checkpoint(checkpoint, source=model_path)
     images = ClassificationDataset(
         VOCDataset(params.data.root, params.data.train_split), manifest.train,
         manifest.num_classes, train=False,
@@ -88,7 +88,7 @@ def main(params: Params, manifest_path: str, model_path: str, train_gt: str, out
     stats = peak_statistics(
         [peaks[i] for i in measured], [gt[records[i].image_id] for i in measured], params.peaks.pseudo_thresh
     )
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=True) as tmp:
         write_peaks(Path(tmp) / "peaks.tsv", [r.name for r in records], peaks)
     write_metrics(metrics, stats)
     print(

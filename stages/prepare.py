@@ -13,7 +13,7 @@ def main(params: Params, out: str, val_gt: str) -> None:
     manifest, train_gt, val_coco = prepare_dataset(
         params.data.root, params.data.train_split, params.data.val_split
     )
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=True) as tmp:
         write_json(Path(tmp) / "manifest.json", manifest.to_json(), indent=None)
         write_json(Path(tmp) / "train_gt.json", train_gt, indent=None)
     write_json(val_gt, val_coco, indent=None)

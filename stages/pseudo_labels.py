@@ -53,7 +53,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             center="point" if params.supervision == "point" else "centroid",
             connectivity=options.connectivity,
         )
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(args.out, replace=True) as tmp:
         save_pseudo_labels(tmp, results)
     write_metrics(args.metrics, pseudo_label_metrics(results, ground_truth))
 

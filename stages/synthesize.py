@@ -9,7 +9,7 @@ from bestie.stage import run_stage
 
 
 def main(params: Params, out: str, metrics: str) -> None:
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=True) as tmp:
         generate(tmp, params.synthesize)
         stats = statistics_from_root(tmp, void_width=params.synthesize.void_width)
     write_metrics(metrics, stats)

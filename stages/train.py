@@ -9,7 +9,7 @@ params, inputs and code are the same; the final model is written atomically at t
 import argparse
 from pathlib import Path
 
-from bestie.checkpoint import save_checkpoint
+from bestie.checkpoint import load_weights, save_checkpoint
 from bestie.config import Params, to_dict
 from bestie.data.instance_dataset import BestieTrainDataset, collate_samples
 from bestie.data.manifest import load_manifest
@@ -55,7 +55,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         )
         state, history = TrainState(), []
         if saved is not None:
-            model.load_state_dict(saved["model"])
+            load_weights(model, saved["model"], source=state_path)
             extra = saved["extra"]
             state = TrainState(extra["iteration"], extra["optimizer"], extra["scaler"])
             history = extra["history"]

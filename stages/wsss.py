@@ -60,7 +60,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     # synchronisation (measured 3-8x slower whenever another process holds the other core).
     torch.set_num_threads(1)
     checkpoint = load_checkpoint(args.model, kind="pam", class_names=manifest.class_names)
-    model = classifier_from_checkpoint(checkpoint).to(device)
+    model = classifier_from_checkpoint(checkpoint, source=args.model).to(device)
     model.pam = PeakAttention(cfg.alpha)  # the class maps without (or with less) peak suppression
     voc = VOCDataset(params.data.root, params.data.train_split)
 
@@ -71,7 +71,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     ignored = total = evaluated = 0
     gallery = {}
     start = time.perf_counter()
-    with atomic_dir(args.out) as out_dir:
+    with atomic_dir(args.out, replace=True) as out_dir:
         for record in tqdm(manifest.train, desc="wsss", unit="image", disable=None):
             image = voc.read_image(record.name)
             classes = torch.tensor(record.labels, dtype=torch.int64, device=device)
@@ -96,7 +96,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
                     ["image", "CAM", "CAM threshold", "refined", "ground truth"],
                 )
     seconds = time.perf_counter() - start
-    with atomic_dir(args.gallery) as gallery_dir:
+    with atomic_dir(args.gallery, replace=True) as gallery_dir:
         for name, picture in gallery.items():
             Image.fromarray(picture).save(Path(gallery_dir) / f"{name}.png")
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from bestie.checkpoint import save_checkpoint
-from bestie.cli import main
+from bestie.cli import RESULT_MARKER, main
 from bestie.coco import decode_rle
 from bestie.errors import BestieError
 from bestie.models import BestieNet
@@ -125,6 +126,9 @@ def test_settings_come_from_the_evaluate_record_of_this_checkpoint(
         ("tampered_checkpoint", "checkpoint"),
         ("other_kind", "a 'pam' checkpoint, expected a 'bestie' one"),
         ("other_classes", "trained on classes"),
+        ("missing_classes_file", "missing.txt: class list not found"),
+        ("weights_of_another_class_count", "weights do not fit the model: tensor seg_head.predictor.weight is [4, "),
+        ("flipped_weights", "fails its CRC-32 check"),
         ("unreadable_image", "unreadable or truncated image"),
         ("missing_input", "no such file or folder"),
     ],
@@ -149,6 +153,18 @@ def test_predict_fails_with_one_clear_line(tmp_path: Path, voc_fixture_root: Pat
     elif setup == "other_classes":
         (tmp_path / "classes.txt").write_text("cat\ndog\n")
         extra = ["--classes", str(tmp_path / "classes.txt")]
+    elif setup == "missing_classes_file":
+        extra = ["--classes", str(tmp_path / "missing.txt")]
+    elif setup == "weights_of_another_class_count":
+        weights = BestieNet(len(CLASSES) + 1, "small").state_dict()
+        save_checkpoint(ckpt, weights, kind="bestie", config={"backbone": "small"}, class_names=CLASSES)
+    elif setup == "flipped_weights":
+        with zipfile.ZipFile(ckpt) as archive:
+            largest = max(archive.infolist(), key=lambda info: info.file_size)
+        data = bytearray(ckpt.read_bytes())
+        middle = largest.header_offset + largest.file_size // 2  # inside its stored bytes
+        data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+        ckpt.write_bytes(bytes(data))
     elif setup == "unreadable_image":
         (folder / "c.jpg").write_bytes(b"not an image")
     elif setup == "missing_input":
@@ -160,3 +176,70 @@ def test_predict_fails_with_one_clear_line(tmp_path: Path, voc_fixture_root: Pat
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+# -- --out: a new or empty folder, or an earlier result; anything else is refused untouched ------
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("input_folder", "images: folder is not empty and holds no earlier result (no .bestie-predict file)"),
+        ("current_folder", ".: folder is not empty and holds no earlier result"),
+        ("existing_file", "notes.txt: exists and is not a folder"),
+        ("foreign_folder", "thesis: folder is not empty and holds no earlier result"),
+        ("result_with_a_users_file", "holds mine.txt, which the earlier result there did not"),
+    ],
+)
+def test_predict_refuses_an_out_it_could_not_replace_safely(
+    tmp_path: Path, voc_fixture_root: Path, checkpoint: Path, out: str, message: str,
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = _images(tmp_path, voc_fixture_root)
+    inputs, target = str(folder), str(tmp_path / out)
+    if out == "input_folder":  # bestie predict images/ --out images/
+        target = str(folder)
+    elif out == "current_folder":  # bestie predict a.jpg --out .
+        monkeypatch.chdir(folder)
+        inputs, target = "a.jpg", "."
+    elif out == "existing_file":
+        target = str(tmp_path / "notes.txt")
+        Path(target).write_text("precious")
+    elif out == "foreign_folder":
+        target = str(tmp_path / "thesis")
+        Path(target).mkdir()
+        (Path(target) / "chapter1.tex").write_text("precious")
+    elif out == "result_with_a_users_file":
+        main(["predict", inputs, "--checkpoint", str(checkpoint), "--out", target])
+        (Path(target) / "mine.txt").write_text("precious")
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr("bestie.cli.load_bestie", no_work)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", inputs, "--checkpoint", str(checkpoint), "--out", target])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert _snapshot(tmp_path) == before  # nothing deleted, nothing added
+
+
+def test_predict_fills_an_empty_folder_and_replaces_its_own_result(
+    tmp_path: Path, voc_fixture_root: Path, checkpoint: Path
+) -> None:
+    folder = _images(tmp_path, voc_fixture_root)
+    out = tmp_path / "out"
+    out.mkdir()
+    main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [RESULT_MARKER, "00001_a.png", "00002_b.png", "images.json", "predictions.json"]
+    main(["predict", str(folder / "b.png"), "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [RESULT_MARKER, "00001_b.png", "images.json", "predictions.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "out"]  # no temporary left

@@ -49,6 +49,13 @@ def test_prepare_on_the_real_voc_image(tmp_path: Path, voc_fixture_root: Path) -
     results = [dict(a, score=1.0) for a in gt["annotations"]]
     assert voc_instance_map(gt, results)["voc_map50"] == pytest.approx(100.0)
 
+    # A stage replaces its own output (DVC deletes it first; run by hand, it is there).
+    written = (tmp_path / "data/prepared/manifest.json").read_bytes()
+    result = _prepare(tmp_path, voc_fixture_root)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data/prepared/manifest.json").read_bytes() == written
+    assert not list((tmp_path / "data").rglob(".*.tmp")) and not list((tmp_path / "data").rglob(".*.old"))
+
 
 @pytest.mark.parametrize(
     ("breakage", "fragments"),
@@ -60,6 +67,7 @@ def test_prepare_on_the_real_voc_image(tmp_path: Path, voc_fixture_root: Path) -
         ("mask_size", ["SegmentationClass", "500x300", "500x375"]),
         ("truncated_image", [f"{ID}.jpg", "truncated"]),
         ("unknown_class", ["unknown class name 'dragon'"]),
+        ("class_without_instance", [f"image {ID} has class 'chair'", "holds no instance of it"]),
     ],
 )
 def test_prepare_rejects_bad_datasets(tmp_path: Path, voc_copy: Path, breakage: str, fragments: list) -> None:
@@ -83,6 +91,11 @@ def test_prepare_rejects_bad_datasets(tmp_path: Path, voc_copy: Path, breakage: 
         xml = (root / f"Annotations/{ID}.xml").read_text()
         (root / "Annotations/noseg.xml").write_text(xml.replace("<name>dog</name>", "<name>dragon</name>"))
         (root / "ImageSets/Segmentation/train.txt").write_text(f"{ID}\nnoseg\n")
+    elif breakage == "class_without_instance":
+        path = root / f"SegmentationObject/{ID}.png"
+        objects = read_label_png(path)
+        objects[objects == 2] = 0  # instance 2 is the chair
+        write_label_png(path, objects)
     project = tmp_path / "project"
     project.mkdir()
     result = _prepare(project, root)

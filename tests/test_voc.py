@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bestie.data.png import read_label_png, write_label_png
-from bestie.data.voc import VOC_CLASSES, VOCDataset, interior_points
+from bestie.data.voc import VOC_CLASSES, VOCDataset, interior_points, read_class_names
 from bestie.errors import BestieError
 
 ID = "2007_000063"
@@ -145,6 +145,34 @@ def test_unknown_class_name_in_annotation(voc_copy: Path) -> None:
 def test_mask_value_beyond_the_class_list(voc_copy: Path) -> None:
     (voc_copy / "classes.txt").write_text("a\nb\n")
     assert "no class" in _error(lambda: VOCDataset(voc_copy, "train").read_class_map(ID))
+
+
+def test_class_without_an_instance(voc_copy: Path) -> None:
+    """The dog's pixels are still dog in SegmentationClass but no instance in SegmentationObject:
+    the image would keep 'dog' as a label with no instance or point to learn or evaluate it by."""
+    path = voc_copy / "SegmentationObject" / f"{ID}.png"
+    objects = read_label_png(path)
+    objects[objects == 1] = 0  # instance 1 is the dog
+    write_label_png(path, objects)
+    message = _error(lambda: VOCDataset(voc_copy, "train").ground_truth(ID))
+    assert message.endswith(
+        f"SegmentationClass/{ID}.png: image {ID} has class 'dog' but SegmentationObject/{ID}.png "
+        "holds no instance of it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(None, "class list not found"), ("\n\n", "no class names"), ("a\nb\na\n", "a class name appears twice"),
+     (b"\xff\xfe\x00", "not a text file of class names")],
+)
+def test_bad_class_lists(tmp_path: Path, text: str | bytes | None, message: str) -> None:
+    path = tmp_path / "classes.txt"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text)
+    assert _error(lambda: read_class_names(path)) == f"{path}: {message}"
 
 
 def test_rgb_mask_is_rejected(voc_copy: Path) -> None:

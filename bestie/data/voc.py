@@ -31,7 +31,7 @@ from bestie.data.png import read_label_png
 from bestie.errors import BestieError
 from bestie.io import read_image
 
-__all__ = ["VOC_CLASSES", "VOCDataset", "GroundTruth", "interior_points"]
+__all__ = ["VOC_CLASSES", "VOCDataset", "GroundTruth", "interior_points", "read_class_names"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -40,6 +40,31 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 VOID = 255
+
+
+def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
+    """Class names in label order, one a line: a dataset's ``classes.txt``, or the list
+    ``bestie predict --classes`` checks a checkpoint against.
+
+    Raises:
+        BestieError: missing or binary file; no names; a name twice; more classes than a
+            label PNG can hold.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BestieError(f"{path}: class list not found")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise BestieError(f"{path}: not a text file of class names") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise BestieError(f"{path}: no class names")
+    if len(set(names)) != len(names):
+        raise BestieError(f"{path}: a class name appears twice")
+    if len(names) > 254:
+        raise BestieError(f"{path}: {len(names)} classes; label PNGs hold at most 254")
+    return names
 
 
 @dataclass(frozen=True)
@@ -109,17 +134,9 @@ class VOCDataset:
 
     @cached_property
     def class_names(self) -> tuple[str, ...]:
+        """``classes.txt`` if the root has one, else the 20 VOC classes."""
         path = self.root / "classes.txt"
-        if not path.is_file():
-            return VOC_CLASSES
-        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-        if not names:
-            raise BestieError(f"{path}: no class names")
-        if len(set(names)) != len(names):
-            raise BestieError(f"{path}: a class name appears twice")
-        if len(names) > 254:
-            raise BestieError(f"{path}: {len(names)} classes; label PNGs hold at most 254")
-        return names
+        return read_class_names(path) if path.is_file() else VOC_CLASSES
 
     @property
     def num_classes(self) -> int:
@@ -197,8 +214,10 @@ class VOCDataset:
     def ground_truth(self, image_id: str) -> GroundTruth:
         """Instances from SegmentationObject + SegmentationClass, 0 and 255 excluded.
 
-        An instance's class is the class-map value under its pixels; a mask pair that
-        disagrees (one instance over two classes) is an error in the dataset.
+        An instance's class is the class-map value under its pixels. A mask pair that
+        disagrees is an error in the dataset: one instance over two classes, or a class in
+        SegmentationClass without any instance of it in SegmentationObject (the image would
+        keep the class as a label, with no instance or point to learn or evaluate it by).
         """
         class_map = self.read_class_map(image_id)
         object_map = self.read_object_map(image_id)
@@ -211,9 +230,17 @@ class VOCDataset:
             if len(values) != 1:
                 raise BestieError(
                     f"{self.object_mask_path(image_id)}: instance {instance_ids[i]} covers class "
-                    f"values {values.tolist()} in {self.class_mask_path(image_id).name}; expected one class"
+                    f"values {values.tolist()} in SegmentationClass/{image_id}.png; expected one class"
                 )
             classes[i] = values[0] - 1
+        present = np.setdiff1d(np.unique(class_map), [0, VOID]) - 1
+        without_instance = np.setdiff1d(present, classes)
+        if without_instance.size:
+            raise BestieError(
+                f"{self.class_mask_path(image_id)}: image {image_id} has class "
+                f"{self.class_names[without_instance[0]]!r} but SegmentationObject/{image_id}.png holds "
+                "no instance of it"
+            )
         return GroundTruth(masks=masks, classes=classes)
 
     def annotation_labels(self, image_id: str) -> list[int]:
