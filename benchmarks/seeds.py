@@ -1,0 +1,122 @@
+"""The README's headline rows as mean and spread over seeds, from DVC experiments.
+
+    python benchmarks/seeds.py --run    # run every missing experiment (dvc exp run --temp; hours)
+    python benchmarks/seeds.py          # print the table of the experiments already run
+
+Each row and seed is one experiment named ``<row>-s<seed>``: the default params with the
+row's ``-S`` overrides and ``-S seed=<seed>`` (the seed of every stage: classifier, BESTIE and
+Mask R-CNN training). DVC's run cache makes a run whose stages already ran with the same
+inputs (e.g. the default ``dvc repro``, or ``cls`` for ``cls-mrcnn``) a lookup, not a
+re-computation. Prints a Markdown table: mean ± sample standard deviation over the seeds,
+and each seed's value; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = (3407, 1, 2)
+METRICS = ("voc_map25", "voc_map50", "voc_map70", "coco_ap")
+
+
+class Row(NamedTuple):
+    name: str  # experiment prefix
+    label: str
+    overrides: tuple[str, ...]  # `-S` values
+    target: str  # the stage `dvc exp run` reproduces
+    metrics_file: str
+
+
+ROWS = (
+    Row("cls", "BESTIE, image-level (`cls`)", (), "evaluate", "metrics/bestie.json"),
+    Row("norefine", "BESTIE, `cls`, self-refinement off", ("train.refine=false",), "evaluate", "metrics/bestie.json"),
+    Row("point", "BESTIE, point", ("supervision=point",), "evaluate", "metrics/bestie.json"),
+    Row("full", "BESTIE, full masks (upper bound)", ("supervision=full",), "evaluate", "metrics/bestie.json"),
+    Row("cls-mrcnn", "BESTIE + Mask R-CNN, `cls`", (), "maskrcnn", "metrics/maskrcnn.json"),
+    Row("point-mrcnn", "BESTIE + Mask R-CNN, point", ("supervision=point",), "maskrcnn", "metrics/maskrcnn.json"),
+)
+
+
+def _dvc(*args: str) -> str:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run(["dvc", *args], cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def experiment_metrics() -> dict[str, dict[str, dict]]:
+    """{experiment name: {metrics file: metrics}} of the experiments of every commit (the newest
+    commit's wins a name)."""
+    found: dict[str, dict[str, dict]] = {}
+    for commit in json.loads(_dvc("exp", "show", "--json", "--all-commits")):
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment.get("revs") or []:
+                data = revision.get("data") or {}
+                if revision.get("name") and data.get("metrics"):
+                    found.setdefault(revision["name"], {p: m.get("data", {}) for p, m in data["metrics"].items()})
+    return found
+
+
+def run_missing(rows: tuple[Row, ...], seeds: tuple[int, ...]) -> None:
+    done = experiment_metrics()
+    for row in rows:
+        for seed in seeds:
+            name = f"{row.name}-s{seed}"
+            if name in done or _row_metrics(done, row, seed):
+                continue
+            overrides = [arg for value in (*row.overrides, f"seed={seed}") for arg in ("-S", value)]
+            print(f"running {name}", file=sys.stderr, flush=True)
+            _dvc("exp", "run", "--temp", "-n", name, *overrides, row.target)
+
+
+def _row_metrics(found: dict[str, dict[str, dict]], row: Row, seed: int) -> dict | None:
+    """A row's metrics for one seed: its own experiment, or the same params run through
+    ``maskrcnn`` (which reproduces ``evaluate`` on the way)."""
+    for name in (f"{row.name}-s{seed}", f"{row.name}-mrcnn-s{seed}"):
+        if row.metrics_file in found.get(name, {}):
+            return found[name][row.metrics_file]
+    return None
+
+
+def table(rows: tuple[Row, ...], seeds: tuple[int, ...]) -> list[str]:
+    found = experiment_metrics()
+    seed_list = ", ".join(map(str, seeds))
+    lines = [
+        f"| run | {' | '.join(METRICS)} | voc_map50 by seed ({seed_list}) |",
+        "|---|" + "---|" * (len(METRICS) + 1),
+    ]
+    for row in rows:
+        runs = [_row_metrics(found, row, seed) for seed in seeds]
+        done = [r for r in runs if r]
+        cells = []
+        for metric in METRICS:
+            values = [r[metric] for r in done]
+            if len(values) >= 2:
+                cells.append(f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}")
+            else:
+                cells.append(f"{values[0]:.1f}" if values else "–")
+        by_seed = " / ".join(f"{r['voc_map50']:.1f}" if r else "–" for r in runs)
+        lines.append(f"| {row.label} | {' | '.join(cells)} | {by_seed} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="store_true", help="run the experiments that are missing first")
+    parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], help="only these rows")
+    args = parser.parse_args()
+    rows = tuple(r for r in ROWS if not args.rows or r.name in args.rows)
+    if args.run:
+        run_missing(rows, SEEDS)
+    print("\n".join(table(rows, SEEDS)))
+
+
+if __name__ == "__main__":
+    main()
