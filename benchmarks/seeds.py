@@ -69,7 +69,7 @@ def run_missing(rows: tuple[Row, ...], seeds: tuple[int, ...]) -> None:
     for row in rows:
         for seed in seeds:
             name = f"{row.name}-s{seed}"
-            if name in done or _row_metrics(done, row, seed):
+            if name in done:
                 continue
             overrides = [arg for value in (*row.overrides, f"seed={seed}") for arg in ("-S", value)]
             print(f"running {name}", file=sys.stderr, flush=True)
@@ -77,12 +77,13 @@ def run_missing(rows: tuple[Row, ...], seeds: tuple[int, ...]) -> None:
 
 
 def _row_metrics(found: dict[str, dict[str, dict]], row: Row, seed: int) -> dict | None:
-    """A row's metrics for one seed: its own experiment, or the same params run through
-    ``maskrcnn`` (which reproduces ``evaluate`` on the way)."""
-    for name in (f"{row.name}-s{seed}", f"{row.name}-mrcnn-s{seed}"):
-        if row.metrics_file in found.get(name, {}):
-            return found[name][row.metrics_file]
-    return None
+    """A row's metrics for one seed, None if its experiment has not run.
+
+    Only the row's own experiment counts: an experiment with another target carries the
+    baseline's files for the stages it did not reproduce (``maskrcnn`` does not run
+    ``evaluate``).
+    """
+    return found.get(f"{row.name}-s{seed}", {}).get(row.metrics_file)
 
 
 def table(rows: tuple[Row, ...], seeds: tuple[int, ...]) -> list[str]:
