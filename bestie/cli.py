@@ -61,6 +61,8 @@ def inference_settings(
     as shipped). An explicitly given ``record_path`` must exist and match the checkpoint.
     ``overrides`` (flag values, None = not given) replace single settings.
     """
+    if not Path(checkpoint_path).is_file():  # before any record is compared with it
+        raise BestieError(f"{checkpoint_path}: checkpoint not found")
     path = Path(record_path or DEFAULT_SETTINGS)
     if record_path or path.is_file():
         try:

@@ -84,8 +84,10 @@ def test_inference_settings_rerun_only_the_stages_that_predict(project: Path) ->
         # check_params validates every edit of params.yaml (its output is a fixed line, so it
         # changes nothing below it); maskrcnn follows export_coco's output.
         assert set(changed) == {"check_params", "evaluate", "export_coco"}
-        assert all("changed params" in str(changed[stage]) for stage in ("evaluate", "export_coco"))
-        assert "params.yaml" in str(changed["check_params"])
+        # e.g. {"evaluate": [{"changed deps": {"params.yaml": {"inference": "modified"}}}]}
+        for stage in ("evaluate", "export_coco"):
+            assert changed[stage] == [{"changed deps": {"params.yaml": {"inference": "modified"}}}], changed
+        assert changed["check_params"] == [{"changed deps": {"params.yaml": "modified"}}], changed
     finally:
         (project / "params.yaml").write_text(params)
 
