@@ -108,6 +108,16 @@ def test_registry_builds_each_backbone_by_name(name, kind, deepest_stride):
     assert set(BACKBONES) == {"small", "resnet50", "resnet101", "vgg16"}
 
 
+def test_registered_backbones_carry_either_model():
+    """Params accept every registered name for the classifier and the network alike; these
+    two pairings were not offered before (the others run elsewhere in this file)."""
+    images = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        cams = PAMClassifier(2, build_backbone("resnet50")).eval()(images)["cams"]
+        out = BestieNet(2, "vgg16").eval()(images)
+    assert cams.shape == (1, 2, 3, 3) and out["seg"].shape == (1, 3, 48, 48)
+
+
 def test_width_sizes_the_small_backbone_only():
     assert build_backbone("small", width=16).out_channels["res5"] == 64
     assert build_backbone("small").out_channels["res5"] == 128  # default width 32
