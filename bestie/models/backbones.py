@@ -99,7 +99,7 @@ def load_imagenet_weights(
 # small: a compact from-scratch CNN for CPU-sized data
 # --------------------------------------------------------------------------------------------
 
-SMALL_WIDTH = 32  # channels of the small backbone's first stage, unless its user sizes it
+SMALL_WIDTH = 32  # the small backbone's first-stage channels where none are given
 
 
 def conv_bn_relu(
@@ -301,8 +301,8 @@ class VGG16Backbone(Backbone):
 def _small(pretrained: bool, width: int) -> Backbone:
     if pretrained:
         raise BestieError(
-            "the 'small' backbone has no ImageNet weights: set `pretrained: false` or choose "
-            "a backbone that has them (resnet50, resnet101, vgg16)"
+            "the 'small' backbone has no ImageNet weights: set `pretrained: false`, or choose "
+            "a torchvision backbone"
         )
     return SmallBackbone(width)
 
