@@ -155,10 +155,9 @@ def build_classifier(
     num_classes: int, backbone: str, width: int, alpha: float, pretrained: bool = False
 ) -> PAMClassifier:
     """The PAM classifier the ``classifier`` params describe (``width``: small backbone only)."""
-    options = {"width": width} if backbone == "small" else {}
     return PAMClassifier(
         num_classes,
-        build_backbone(backbone, pretrained, pretrained_key="classifier.pretrained", **options),
+        build_backbone(backbone, pretrained, width),
         alpha=alpha,
     )
 

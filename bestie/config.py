@@ -8,7 +8,9 @@ with a one-line message naming the key.
 A field's limits live in its metadata: ``min``/``max`` (inclusive), ``choices`` and
 ``parity`` (``"odd"``, e.g. a centred window's width, or ``"even"``) bound a value, or each
 item of a list; ``nonempty`` refuses an empty string or list. What relates two fields is checked in the
-dataclass's ``__post_init__``.
+dataclass's ``__post_init__``. A model's choices are its registry's names
+(:data:`~bestie.models.backbones.BACKBONES`), so a new backbone is valid as soon as it is
+registered.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import yaml
 
 from bestie.errors import BestieError
+from bestie.models.backbones import BACKBONES
 
 __all__ = ["Params", "load_params", "parse_params", "parse_section", "SUPERVISIONS"]
 
@@ -65,9 +68,9 @@ class SynthesizeParams:
 
 @dataclass(frozen=True)
 class ClassifierParams:
-    """The PAM multi-label classifier whose class maps give the peak points (METHOD.md §1)."""
+    """The PAM multi-label classifier whose class maps give the peak points (docs/method.md §1)."""
 
-    backbone: str = _f("small", choices=("small", "vgg16"))
+    backbone: str = _f("small", choices=tuple(BACKBONES))  # vgg16: the published layout
     width: int = _f(16, min=8, parity="even")  # small backbone only: channels of its first stage
     pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
     # PAM threshold; 0 gives a plain CAM classifier. The published 0.7 suits ImageNet-initialised
@@ -96,7 +99,7 @@ class ClassifierParams:
 
 @dataclass(frozen=True)
 class PeaksParams:
-    """Peak extraction from the classifier's class maps (METHOD.md §1)."""
+    """Peak extraction from the classifier's class maps (docs/method.md §1)."""
 
     flip: bool = _f(True)
     smooth_kernel: int = _f(3, min=1, parity="odd")
@@ -109,7 +112,7 @@ class PeaksParams:
 
 @dataclass(frozen=True)
 class WSSSParams:
-    """Semantic pseudo labels: the classifier's CAMs, refined to follow image edges (METHOD.md §2)."""
+    """Semantic pseudo labels: the classifier's CAMs, refined to follow image edges (docs/method.md §2)."""
 
     alpha: float = _f(0.0, min=0.0, max=1.0)  # PAM threshold applied to the CAMs (0: plain CAM)
     scales: list[float] = _f([1.0, 0.75, 1.25], min=0.1, nonempty=True)
@@ -126,7 +129,7 @@ class WSSSParams:
 
 @dataclass(frozen=True)
 class PseudoLabelParams:
-    """Semantic knowledge transfer (METHOD.md §3)."""
+    """Semantic knowledge transfer (docs/method.md §3)."""
 
     min_size: int = _f(50, min=1)
     connectivity: int = _f(8, choices=(4, 8))
@@ -134,9 +137,9 @@ class PseudoLabelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """The BESTIE network and its training with self-refinement (METHOD.md §4-§6)."""
+    """The BESTIE network and its training with self-refinement (docs/method.md §4-§6)."""
 
-    backbone: str = _f("small", choices=("small", "resnet50", "resnet101"))
+    backbone: str = _f("small", choices=tuple(BACKBONES))
     pretrained: bool = _f(False)
     iterations: int = _f(1800, min=1)
     batch_size: int = _f(8, min=1)  # global batch, split over processes
@@ -154,7 +157,7 @@ class TrainParams:
     offset_weight: float = _f(0.01, min=0.0)
     hard_pixel_ratio: float = _f(0.2, min=0.0, max=1.0)
     # the center loss counts wherever the heatmap is known: every pixel for point/full, accepted
-    # instances and background for cls; false: accepted instances only (METHOD.md §3)
+    # instances and background for cls; false: accepted instances only (docs/method.md §3)
     dense_center_loss: bool = _f(True)
     refine: bool = _f(True)
     refine_iter: int = _f(0, min=0)
@@ -207,7 +210,7 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ExportCocoParams:
-    """BESTIE's predictions on the training images as COCO pseudo labels (METHOD.md §8).
+    """BESTIE's predictions on the training images as COCO pseudo labels (docs/method.md §8).
 
     Inference follows the ``inference`` section.
     """
@@ -218,8 +221,9 @@ class ExportCocoParams:
 
 @dataclass(frozen=True)
 class MaskRCNNParams:
-    """torchvision's Mask R-CNN trained on the exported pseudo labels (METHOD.md §8)."""
+    """torchvision's Mask R-CNN trained on the exported pseudo labels (docs/method.md §8)."""
 
+    # bestie.maskrcnn.MASKRCNN_BACKBONES (it imports this module; a test keeps the two equal)
     backbone: str = _f("small_fpn", choices=("small_fpn", "resnet50_fpn"))
     pretrained: bool = _f(False)  # ImageNet weights for resnet50_fpn (needs internet)
     anchor_size: int = _f(16, min=1)  # anchors of the finest FPN level; doubles per level

@@ -124,7 +124,7 @@ def _small_fpn(num_classes: int, params: MaskRCNNParams) -> MaskRCNN:
     )
 
 
-def _resnet50_fpn(num_classes: int, params: MaskRCNNParams, pretrained_key: str, download: bool) -> MaskRCNN:
+def _resnet50_fpn(num_classes: int, params: MaskRCNNParams, download: bool) -> MaskRCNN:
     # torchvision's recipe: pretrained backbones keep frozen BatchNorm and train only the last
     # three stages; from scratch everything trains, with ordinary BatchNorm.
     backbone = resnet_fpn_backbone(
@@ -135,7 +135,7 @@ def _resnet50_fpn(num_classes: int, params: MaskRCNNParams, pretrained_key: str,
     )
     if params.pretrained and download:
         load_imagenet_weights(
-            backbone.body, ResNet50_Weights.IMAGENET1K_V1, "resnet50", pretrained_key,
+            backbone.body, ResNet50_Weights.IMAGENET1K_V1, "resnet50",
             select=lambda state: {k: v for k, v in state.items() if not k.startswith("fc.")},
         )
     return MaskRCNN(
@@ -160,20 +160,18 @@ def build_maskrcnn(
     num_classes: int,
     params: MaskRCNNParams,
     *,
-    pretrained_key: str = "maskrcnn.pretrained",
     download: bool = True,
 ) -> MaskRCNN:
     """A Mask R-CNN for ``num_classes`` object classes (+ background), in train mode.
 
     With ``params.pretrained`` (``resnet50_fpn`` only) the backbone takes torchvision's
     ImageNet weights, downloaded unless ``download`` is false (the architecture is the same,
-    for loading a checkpoint); a failed download is a :class:`BestieError` naming
-    ``pretrained_key``.
+    for loading a checkpoint); a failed download is a :class:`BestieError`.
     """
     if params.backbone == "small_fpn":
         return _small_fpn(num_classes, params)
     if params.backbone == "resnet50_fpn":
-        return _resnet50_fpn(num_classes, params, pretrained_key, download)
+        return _resnet50_fpn(num_classes, params, download)
     raise ValueError(f"unknown Mask R-CNN backbone {params.backbone!r} (one of {MASKRCNN_BACKBONES})")
 
 

@@ -40,7 +40,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         )
         model = BestieNet(
             manifest.num_classes, train.backbone, train.pretrained,
-            bn_momentum=train.bn_momentum, pretrained_key="train.pretrained",
+            bn_momentum=train.bn_momentum,
         ).to(context.device)
         config = {**to_dict(train), "supervision": params.supervision, "seed": params.seed}
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bestie.config import MAX_SEED, Params, load_params, parse_params
+from bestie.config import MAX_SEED, MaskRCNNParams, Params, load_params, parse_params
 from bestie.errors import BestieError
+from bestie.maskrcnn import MASKRCNN_BACKBONES
+from bestie.models.backbones import BACKBONES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,6 +80,20 @@ def test_ints_widen_to_floats() -> None:
 def test_bad_values_name_their_key(raw: dict, message: str) -> None:
     with pytest.raises(BestieError, match=re.escape(message)):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("section", ["classifier", "train"])
+def test_backbone_choices_are_the_registry(section: str) -> None:
+    for name in BACKBONES:
+        assert getattr(parse_params({section: {"backbone": name}}), section).backbone == name
+    with pytest.raises(BestieError, match=re.escape(f"{section}.backbone must be one of small | resnet50 | "
+                                                    "resnet101 | vgg16, got 'hrnet'")):
+        parse_params({section: {"backbone": "hrnet"}})
+
+
+def test_maskrcnn_backbone_choices_are_its_builders() -> None:
+    (backbone,) = [f for f in dataclasses.fields(MaskRCNNParams) if f.name == "backbone"]
+    assert backbone.metadata["choices"] == MASKRCNN_BACKBONES
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

@@ -200,8 +200,8 @@ def test_pretrained_weights_offline_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", no_network)
     params = dataclasses.replace(TINY, backbone="resnet50_fpn", pretrained=True)
-    with pytest.raises(BestieError, match=r"maskrcnn\.pretrained: pretrained ImageNet weights for resnet50 "
-                                          r"could not be downloaded .*set maskrcnn\.pretrained to false"):
+    with pytest.raises(BestieError, match=r"could not download the ImageNet weights of resnet50 \(.*name "
+                                          r"resolution.*\): set `pretrained: false` to train from scratch"):
         build_maskrcnn(len(CLASSES), params)
 
 

@@ -13,13 +13,12 @@ from bestie.models.backbones import (
     build_backbone,
 )
 from bestie.models.pam import PAMClassifier, PeakAttention, multilabel_loss, peak_attention
-from bestie.models.panoptic_deeplab import BestieNet, DecoderSpec
+from bestie.models.panoptic_deeplab import BestieNet
 
 __all__ = [
     "BACKBONES",
     "Backbone",
     "BestieNet",
-    "DecoderSpec",
     "PAMClassifier",
     "PeakAttention",
     "ResNetBackbone",

@@ -14,9 +14,12 @@ stride is 2**k before dilation replaces striding (VGG maps are named ``conv<k>``
 name          features (stride)                      deepest / low_level       ImageNet init
 ============  =====================================  ========================  ==============
 small         res2 (4), res3 (8), res4, res5 (8)      res5 / res3, res2         no
-resnet50/101  res2 (4), res3 (8), res4, res5 (os)     res5 / res3, res2         yes
-vgg16         conv3 (4), conv4 (8), conv5 (os)        conv5 / conv4, conv3      yes
+resnet50/101  res2 (4), res3 (8), res4, res5 (16)     res5 / res3, res2         yes
+vgg16         conv3 (4), conv4 (8), conv5 (8)         conv5 / conv4, conv3      yes
 ============  =====================================  ========================  ==============
+
+:data:`BACKBONES` maps each name to its builder; params validation reads its names, so adding
+a backbone is its class and one line there.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "ResNetBackbone",
     "VGG16Backbone",
     "BACKBONES",
+    "SMALL_WIDTH",
     "build_backbone",
     "load_imagenet_weights",
 ]
@@ -51,12 +55,15 @@ class Backbone(nn.Module):
         strides: feature name -> input pixels per feature cell.
         deepest: name of the semantically strongest (coarsest) map.
         low_level: names of finer maps for decoder fusion, coarse to fine.
+        compact: sized for ~128 px images on a CPU, so the heads built on it are compact too
+            (:func:`~bestie.models.panoptic_deeplab.default_decoder_specs`).
     """
 
     out_channels: dict[str, int]
     strides: dict[str, int]
     deepest: str
     low_level: tuple[str, ...]
+    compact: bool = False
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -66,13 +73,13 @@ def load_imagenet_weights(
     module: nn.Module,
     weights: WeightsEnum,
     arch: str,
-    pretrained_key: str,
     select: Callable[[dict[str, Tensor]], dict[str, Tensor]] = lambda state: state,
 ) -> None:
-    """Load torchvision ImageNet ``weights`` into ``module``; a failed download is a BestieError.
+    """Load torchvision ImageNet ``weights`` of ``arch`` into ``module``.
 
-    ``select`` maps the downloaded state dict onto ``module``'s keys. Only the fetch is guarded:
-    a state-dict mismatch is a bug and keeps its traceback.
+    ``select`` maps the downloaded state dict onto ``module``'s keys. A failed download is a
+    one-line :class:`BestieError` saying what to do; only the fetch is guarded: a state-dict
+    mismatch is a bug and keeps its traceback.
     """
     # URLError, HTTPError and timeouts are OSErrors; a hash mismatch is a RuntimeError.
     try:
@@ -82,9 +89,8 @@ def load_imagenet_weights(
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
         reason = getattr(err, "reason", None) or err
         raise BestieError(
-            f"{pretrained_key}: pretrained ImageNet weights for {arch} could not be downloaded "
-            f"({reason}); set {pretrained_key} to false to train from scratch, or put "
-            f"{filename} in {cache} first"
+            f"could not download the ImageNet weights of {arch} ({reason}): set `pretrained: false` "
+            f"to train from scratch, or put {filename} in {cache}"
         ) from err
     module.load_state_dict(select(state))
 
@@ -92,6 +98,8 @@ def load_imagenet_weights(
 # --------------------------------------------------------------------------------------------
 # small: a compact from-scratch CNN for CPU-sized data
 # --------------------------------------------------------------------------------------------
+
+SMALL_WIDTH = 32  # the small backbone's first-stage channels where none are given
 
 
 def conv_bn_relu(
@@ -141,7 +149,9 @@ class SmallBackbone(Backbone):
     the theoretical receptive field (~320 px) still covers whole objects in ~128 px images.
     """
 
-    def __init__(self, width: int = 32):
+    compact = True
+
+    def __init__(self, width: int = SMALL_WIDTH):
         super().__init__()
         if width < 8 or width % 2:
             raise ValueError(f"width must be an even number >= 8, got {width}")
@@ -183,18 +193,12 @@ _RESNET_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [Fal
 
 
 class ResNetBackbone(Backbone):
-    """torchvision ResNet-50/101 without its classifier, dilated to ``output_stride``.
+    """torchvision ResNet-50/101 without its classifier, dilated to ``output_stride`` (8, 16, 32).
 
     Features: res2 (256 ch, stride 4), res3 (512, 8), res4 (1024, min(16, os)), res5 (2048, os).
     """
 
-    def __init__(
-        self,
-        depth: int = 50,
-        pretrained: bool = False,
-        output_stride: int = 16,
-        pretrained_key: str = "pretrained",
-    ):
+    def __init__(self, depth: int = 50, pretrained: bool = False, output_stride: int = 16):
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"depth must be one of {sorted(_RESNETS)}, got {depth}")
@@ -205,7 +209,7 @@ class ResNetBackbone(Backbone):
         build, weights = _RESNETS[depth]
         net = build(weights=None, replace_stride_with_dilation=_RESNET_DILATION[output_stride])
         if pretrained:
-            load_imagenet_weights(net, weights, f"resnet{depth}", pretrained_key)
+            load_imagenet_weights(net, weights, f"resnet{depth}")
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.res2, self.res3, self.res4, self.res5 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels = {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
@@ -239,9 +243,7 @@ class VGG16Backbone(Backbone):
     Features: conv3 (256 ch, stride 4), conv4 (512, 8), conv5 (512, ``output_stride``).
     """
 
-    def __init__(
-        self, pretrained: bool = False, output_stride: int = 8, pretrained_key: str = "pretrained"
-    ):
+    def __init__(self, pretrained: bool = False, output_stride: int = 8):
         super().__init__()
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
@@ -270,7 +272,6 @@ class VGG16Backbone(Backbone):
                 features,
                 torchvision.models.VGG16_Weights.IMAGENET1K_V1,
                 "vgg16",
-                pretrained_key,
                 select=lambda state: {
                     k.removeprefix("features."): v
                     for k, v in state.items()
@@ -297,37 +298,30 @@ class VGG16Backbone(Backbone):
 # --------------------------------------------------------------------------------------------
 
 
-def _small(pretrained: bool, pretrained_key: str, **kwargs) -> Backbone:
+def _small(pretrained: bool, width: int) -> Backbone:
     if pretrained:
         raise BestieError(
-            f"{pretrained_key}: the 'small' backbone has no pretrained weights; set "
-            f"{pretrained_key} to false or choose resnet50 / resnet101"
+            "the 'small' backbone has no ImageNet weights: set `pretrained: false`, or choose "
+            "a torchvision backbone"
         )
-    return SmallBackbone(**kwargs)
+    return SmallBackbone(width)
 
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {
+# name -> builder(pretrained, width). ``width`` sizes the backbones built to any width (small);
+# the torchvision layouts have fixed widths and ignore it.
+BACKBONES: dict[str, Callable[[bool, int], Backbone]] = {
     "small": _small,
-    "resnet50": lambda pretrained, pretrained_key, **kw: ResNetBackbone(
-        50, pretrained, pretrained_key=pretrained_key, **kw
-    ),
-    "resnet101": lambda pretrained, pretrained_key, **kw: ResNetBackbone(
-        101, pretrained, pretrained_key=pretrained_key, **kw
-    ),
-    "vgg16": lambda pretrained, pretrained_key, **kw: VGG16Backbone(
-        pretrained, pretrained_key=pretrained_key, **kw
-    ),
+    "resnet50": lambda pretrained, width: ResNetBackbone(50, pretrained),
+    "resnet101": lambda pretrained, width: ResNetBackbone(101, pretrained),
+    "vgg16": lambda pretrained, width: VGG16Backbone(pretrained),
 }
 
 
-def build_backbone(
-    name: str, pretrained: bool = False, *, pretrained_key: str = "pretrained", **kwargs
-) -> Backbone:
-    """Build a backbone by name ("small", "resnet50", "resnet101", "vgg16").
+def build_backbone(name: str, pretrained: bool = False, width: int = SMALL_WIDTH) -> Backbone:
+    """The backbone :data:`BACKBONES` names, on ImageNet weights if ``pretrained``.
 
-    ``kwargs`` go to the backbone class (``width`` for small, ``output_stride`` for the
-    others). ``pretrained_key`` is the params key named in error messages.
+    ``width``: channels of the first stage of a backbone built to any width (small).
     """
     if name not in BACKBONES:
         raise BestieError(f"backbone: unknown name {name!r} (valid: {', '.join(BACKBONES)})")
-    return BACKBONES[name](pretrained, pretrained_key, **kwargs)
+    return BACKBONES[name](pretrained, width)

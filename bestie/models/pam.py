@@ -1,4 +1,4 @@
-"""The PAM classifier (METHOD.md section 1): multi-label, its class maps peak once per object.
+"""The PAM classifier (docs/method.md §1): multi-label, its class maps peak once per object.
 
 backbone (deepest map) -> 3 x [3x3 conv -> Peak Attention] -> 1x1 conv to C class maps ->
 global average pooling -> logits. The class maps before pooling are the CAMs that peak
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bestie.models.backbones import Backbone, build_backbone
+from bestie.models.backbones import Backbone
 
 __all__ = ["peak_attention", "PeakAttention", "PAMClassifier", "multilabel_loss"]
 
@@ -55,35 +55,19 @@ class PAMClassifier(nn.Module):
 
     Args:
         num_classes: C, foreground classes (no background channel).
-        backbone: a name for :func:`build_backbone` ("small", "vgg16" is the published one,
-            "resnet50", ...) or a :class:`Backbone` instance; its ``deepest`` map is used.
+        backbone: its ``deepest`` map is classified (:func:`~bestie.models.build_backbone`:
+            "vgg16" is the published one); the extra convs keep that map's width (512 for
+            vgg16 as published, 128 for small at width 32).
         alpha: PAM threshold; 0 gives a plain CAM classifier.
-        extra_channels: width of the extra convs; default: the backbone's deepest width
-            (512 for vgg16 as published, 128 for small).
-        pretrained: ImageNet initialisation of a named backbone.
-        pretrained_key: params key named in the offline-download error.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        backbone: str | Backbone = "small",
-        alpha: float = 0.7,
-        extra_channels: int | None = None,
-        pretrained: bool = False,
-        pretrained_key: str = "pretrained",
-    ):
+    def __init__(self, num_classes: int, backbone: Backbone, alpha: float = 0.7):
         super().__init__()
-        if isinstance(backbone, str):
-            backbone = build_backbone(backbone, pretrained, pretrained_key=pretrained_key)
         self.backbone = backbone
         self.feature = backbone.deepest
         self.output_stride = backbone.strides[self.feature]
-        in_channels = backbone.out_channels[self.feature]
-        width = extra_channels or in_channels
-        self.extra_convs = nn.ModuleList(
-            nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1) for i in range(3)
-        )
+        width = backbone.out_channels[self.feature]
+        self.extra_convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(3))
         self.pam = PeakAttention(alpha)
         self.classifier = nn.Conv2d(width, num_classes, 1)
         # As published: He normal (fan-out) weights, zero bias.

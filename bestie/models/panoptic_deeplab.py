@@ -1,4 +1,4 @@
-"""The BESTIE network (METHOD.md section 4): Panoptic-DeepLab with class-wise center maps.
+"""The BESTIE network (docs/method.md §4): Panoptic-DeepLab with class-wise center maps.
 
 ::
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bestie.models.backbones import Backbone, SmallBackbone, build_backbone, conv_bn_relu
+from bestie.models.backbones import Backbone, build_backbone, conv_bn_relu
 
 __all__ = [
     "ASPP",
@@ -191,13 +191,13 @@ class DecoderSpec:
 
 
 def default_decoder_specs(backbone: Backbone) -> tuple[DecoderSpec, DecoderSpec]:
-    """(semantic, instance) specs: Panoptic-DeepLab's widths, compact ones for the small backbone.
+    """(semantic, instance) specs: Panoptic-DeepLab's widths, compact ones for a compact backbone.
 
     Panoptic-DeepLab's ASPP rates (6, 12, 18) are for output stride 16 and ~500 px crops;
-    they double at stride 8. The small backbone sees ~128 px images at stride 8 (~16 cells),
-    where rates (2, 4, 6) still fall inside the map.
+    they double at stride 8. A compact backbone (the small one) sees ~128 px images at
+    stride 8 (~16 cells), where rates (2, 4, 6) still fall inside the map.
     """
-    if isinstance(backbone, SmallBackbone):
+    if backbone.compact:
         rates = (2, 4, 6)
         return (DecoderSpec(64, (32, 16), 64, rates, separable=False),
                 DecoderSpec(64, (32, 16), 32, rates, separable=False))
@@ -216,15 +216,11 @@ class BestieNet(nn.Module):
     Args:
         num_classes: C, foreground classes.
         backbone: a name for :func:`build_backbone` or a :class:`Backbone` instance (e.g.
-            ``ResNetBackbone(50, True, output_stride=8)``).
+            ``ResNetBackbone(50, True, output_stride=8)``). The decoders' widths follow it
+            (:func:`default_decoder_specs`) and fuse its ``low_level`` maps.
         pretrained: ImageNet initialisation of a named backbone.
-        semantic, instance: decoder widths; default :func:`default_decoder_specs`.
-        low_level_features: finer backbone maps the decoders fuse, coarse to fine; default
-            the backbone's ``low_level``.
         bn_momentum: momentum of every BatchNorm (PyTorch convention: weight of the new
             batch statistic; the published setting is 0.01); None keeps PyTorch's 0.1.
-        pretrained_key: params key named in the offline-download error.
-        **backbone_kwargs: passed to :func:`build_backbone` with a named backbone.
 
     forward(images [B, 3, H, W]) returns, all at H x W:
         "seg": [B, C+1, H, W] logits, channel 0 background, c+1 class c;
@@ -238,27 +234,16 @@ class BestieNet(nn.Module):
         backbone: str | Backbone = "small",
         pretrained: bool = False,
         *,
-        semantic: DecoderSpec | None = None,
-        instance: DecoderSpec | None = None,
-        low_level_features: Sequence[str] | None = None,
         bn_momentum: float | None = None,
-        pretrained_key: str = "pretrained",
-        **backbone_kwargs,
     ):
         super().__init__()
         if isinstance(backbone, str):
-            backbone = build_backbone(
-                backbone, pretrained, pretrained_key=pretrained_key, **backbone_kwargs
-            )
+            backbone = build_backbone(backbone, pretrained)
         self.backbone = backbone
-        self.num_classes = num_classes
-        default_semantic, default_instance = default_decoder_specs(backbone)
-        semantic = semantic or default_semantic
-        instance = instance or default_instance
-        low_level = tuple(low_level_features or backbone.low_level)
+        semantic, instance = default_decoder_specs(backbone)
 
         def decoder(spec: DecoderSpec) -> Decoder:
-            return Decoder(backbone.out_channels, backbone.deepest, low_level,
+            return Decoder(backbone.out_channels, backbone.deepest, backbone.low_level,
                            spec.project_channels, spec.channels, spec.aspp_rates, spec.separable)
 
         self.semantic_decoder = decoder(semantic)
