@@ -260,9 +260,10 @@ def train(
     for iteration, batch in batches:
         batch = _to_device(batch, device)
         if settings.seed is not None:
-            # Dropout and sampling draw from the global generator: seed it per iteration so a
-            # resumed run replays them ([seed, t] and [seed, t, 0] seed numpy alike).
-            torch.manual_seed(int(np.random.default_rng([settings.seed, iteration, context.rank]).integers(2**62)))
+            # Dropout and sampling draw from the global generator: seed it per iteration so a resumed
+            # run replays them. (numpy reads missing seed words as 0: rank 0 seeds as (seed, t) did.)
+            rng = np.random.default_rng([settings.seed, iteration, context.rank])
+            torch.manual_seed(int(rng.integers(2**62)))
         lrs = [lr_at(base_lr, iteration) for base_lr in base_lrs]
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr
@@ -271,7 +272,9 @@ def train(
             losses = model(batch, iteration)
         loss = losses["loss"]
         if settings.lr_key is not None and not torch.isfinite(loss):
-            raise BestieError(f"{settings.lr_key}: the loss diverged ({loss.item()}) at iteration {iteration}; lower it")
+            raise BestieError(
+                f"{settings.lr_key}: the loss diverged ({loss.item()}) at iteration {iteration}; lower it"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
