@@ -36,12 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_refine_postprocess import synthetic_batch  # noqa: E402
 
 from bestie.config import SegRefineParams, TrainParams  # noqa: E402
-from bestie.engine import compute_losses, self_refine  # noqa: E402
 from bestie.inference import refine_segmentation  # noqa: E402
+from bestie.losses import BestieCriterion  # noqa: E402
 from bestie.models import BestieNet  # noqa: E402
 from bestie.postprocess import postprocess  # noqa: E402
 from bestie.refine import refine_image_level, refine_point_level  # noqa: E402
 from bestie.targets import render_targets  # noqa: E402
+from bestie.training import build_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,13 @@ def bench_training_iteration(num_classes: int) -> float:
     torch.manual_seed(0)
     params = TrainParams()
     model = BestieNet(num_classes, params.backbone, bn_momentum=params.bn_momentum)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
+    optimizer = build_optimizer("adam", model.parameters(), params.lr, params.weight_decay)
+    criterion = BestieCriterion(
+        "cls", num_classes, seg_weight=params.seg_weight, center_weight=params.center_weight,
+        offset_weight=params.offset_weight, hard_pixel_ratio=params.hard_pixel_ratio, refine_from=0,
+        refine_thresh=params.refine_thresh, refine_nms_kernel=params.refine_nms_kernel,
+        refine_max_instances=params.refine_max_instances, sigma=params.sigma,
+    )
     data = synthetic_batch(8, params.crop_size, num_classes)
     batch = {
         "image": torch.randn(8, 3, params.crop_size, params.crop_size),
@@ -100,9 +107,7 @@ def bench_training_iteration(num_classes: int) -> float:
     }
 
     def step() -> None:
-        outputs = model(batch["image"])
-        refined = self_refine(outputs, batch, "cls", num_classes, params)
-        losses = compute_losses(outputs, batch, refined, params)
+        losses = criterion(model(batch["image"]), batch, iteration=0)  # self-refinement included
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()

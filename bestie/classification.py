@@ -1,4 +1,8 @@
-"""Training and evaluation of the multi-label (PAM) classifier (METHOD.md section 1)."""
+"""The multi-label (PAM) classifier (docs/method.md §1): building, training parts, evaluation.
+
+Training runs :func:`bestie.training.train` on :class:`ClassifierLoss`, epoch by epoch over
+:func:`shuffled_loader`, the learning rate divided by 10 at given epochs.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,8 @@ import os
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from bestie.checkpoint import load_weights
-from bestie.config import ClassifierParams
 from bestie.models.backbones import build_backbone
 from bestie.models.pam import PAMClassifier, multilabel_loss
 
@@ -18,7 +20,10 @@ __all__ = [
     "average_precision",
     "classification_metrics",
     "predict_logits",
-    "train_classifier",
+    "ClassifierLoss",
+    "classifier_param_groups",
+    "shuffled_loader",
+    "epoch_loss",
     "build_classifier",
     "classifier_from_checkpoint",
 ]
@@ -84,71 +89,49 @@ def predict_logits(model: nn.Module, dataset: Dataset, device: torch.device) -> 
     return torch.cat(logits), torch.cat(targets)
 
 
-def _optimizer(model: nn.Module, params: ClassifierParams) -> torch.optim.Optimizer:
+class ClassifierLoss(nn.Module):
+    """The classifier as :func:`bestie.training.train` trains it: ``((images, labels), iteration) -> losses``."""
+
+    def __init__(self, model: PAMClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: tuple[Tensor, Tensor], iteration: int) -> dict[str, Tensor]:
+        images, labels = batch
+        return {"loss": multilabel_loss(self.model(images)["logits"], labels)}
+
+
+def classifier_param_groups(model: PAMClassifier, lr: float, pretrained: bool) -> list[dict]:
+    """Torch param groups: the backbone at ``lr``; the head at ``lr``, 10x with a pretrained backbone."""
     # As published, layers trained from scratch learn 10x faster than ImageNet-initialised ones.
     groups = model.param_groups()
-    head_lr = params.lr * (10 if params.pretrained else 1)
-    param_groups = [{"params": groups["backbone"], "lr": params.lr}, {"params": groups["head"], "lr": head_lr}]
-    if params.optimizer == "adam":
-        return torch.optim.Adam(param_groups, lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(param_groups, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
+    head_lr = lr * (10 if pretrained else 1)
+    return [{"params": groups["backbone"], "lr": lr}, {"params": groups["head"], "lr": head_lr}]
 
 
-def train_classifier(
-    model: nn.Module,
-    train_set: Dataset,
-    val_set: Dataset,
-    params: ClassifierParams,
-    device: torch.device,
-    seed: int,
-) -> dict[str, float]:
-    """Train ``model`` (a :class:`~bestie.models.PAMClassifier`) on image-level labels.
+def shuffled_loader(train_set: Dataset, batch_size: int, workers: int, seed: int, device: torch.device) -> DataLoader:
+    """The classifier's training batches, reshuffled every epoch by ``loader.generator`` (seeded with ``seed``).
 
-    ``params.epochs`` epochs of the multi-label soft-margin loss; the learning rate drops
-    tenfold at each epoch in ``params.lr_steps``. The model is evaluated once, after the
-    last epoch, on ``val_set`` (no model selection on the evaluation split).
-
-    Args:
-        train_set: yields (image [3, h, w], labels [C]) of one crop size; must have ``set_epoch``.
-        val_set: yields (image [3, H, W], labels [C]) at any size.
-        seed: seeds the shuffling order.
-    Returns:
-        ``cls_map``, ``cls_f1_macro``, ``cls_f1_micro`` on val (percent) and the last
-        epoch's mean ``train_loss``.
+    ``train_set`` yields (image [3, h, w], labels [C]) of one crop size; see
+    :func:`bestie.training.epoch_batches` for going through its epochs.
     """
-    model.to(device)
-    optimizer = _optimizer(model, params)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=params.lr_steps, gamma=0.1)
-    loader = DataLoader(
+    return DataLoader(
         train_set,
-        batch_size=params.batch_size,
+        batch_size=batch_size,
         shuffle=True,
-        num_workers=params.workers,
-        drop_last=len(train_set) > params.batch_size,  # no BatchNorm step on a tiny last batch
+        num_workers=workers,
+        drop_last=len(train_set) > batch_size,  # no BatchNorm step on a tiny last batch
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
     )
-    progress = tqdm(total=params.epochs * len(loader), desc="classifier", unit="batch", disable=None)
-    for epoch in range(params.epochs):
-        train_set.set_epoch(epoch)
-        model.train()
-        total_loss = torch.zeros((), device=device)  # summed on the device: no sync per batch
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            loss = multilabel_loss(model(images)["logits"], labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.detach()
-            progress.update()
-        scheduler.step()
-        train_loss = total_loss.item() / len(loader)
-        progress.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}")
-    progress.close()
 
-    logits, targets = predict_logits(model, val_set, device)
-    return {**classification_metrics(logits, targets), "train_loss": train_loss}
+
+def epoch_loss(losses: list[float]) -> float:
+    """The mean of one epoch's batch losses, summed in float32 in batch order (as on the device)."""
+    total = torch.zeros(())
+    for loss in losses:
+        total += loss
+    return total.item() / len(losses)
 
 
 def build_classifier(

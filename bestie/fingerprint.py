@@ -6,8 +6,9 @@ script and every ``bestie`` module it imports, found by reading the sources, not
 them); ``tests/test_dvc_graph.py`` checks ``dvc.yaml`` against the same list, so the resume
 fingerprint and the DVC graph agree on what a stage's code is.
 
-The ``train`` and ``maskrcnn`` stages save their state as ``<state dir>/<kind>-<fingerprint>.pt``
-and find it again with :func:`find_run_state`.
+The ``classifier``, ``train`` and ``maskrcnn`` stages save their state as
+``<state dir>/<kind>-<fingerprint>.pt`` and find it again with :func:`find_run_state`;
+:func:`bestie.training.load_train_state` resumes from what it found.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class RunState(NamedTuple):
     """Where a training run saves its resumable state, and the state to resume from."""
 
     path: Path  # <state dir>/<kind>-<fingerprint>.pt
-    saved: dict[str, Any] | None  # the checkpoint there (``extra`` holds the iteration); None: start afresh
+    saved: dict[str, Any] | None  # the checkpoint there (``extra``: a TrainState); None: start afresh
 
 
 def find_run_state(

@@ -1,4 +1,4 @@
-"""Mask R-CNN refinement (METHOD.md §8): torchvision's Mask R-CNN trained on BESTIE's pseudo labels.
+"""Mask R-CNN refinement (docs/method.md §8): torchvision's Mask R-CNN trained on BESTIE's pseudo labels.
 
 Two backbones (``maskrcnn.backbone``):
 
@@ -17,15 +17,11 @@ background, which makes them the COCO ``category_id``.
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -34,22 +30,17 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead, FastRCNNPredict
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
-from tqdm import tqdm
 
-from bestie.checkpoint import load_checkpoint, load_weights
 from bestie.config import MaskRCNNParams
-from bestie.data.coco_dataset import collate_detection, to_tensor
-from bestie.engine import IterationBatches, TrainState, poly_lr
-from bestie.errors import BestieError
+from bestie.data.coco_dataset import to_tensor
 from bestie.models.backbones import BasicBlock, conv_bn_relu, load_imagenet_weights
 from bestie.postprocess import Instances
 
 __all__ = [
     "MASKRCNN_BACKBONES",
     "build_maskrcnn",
-    "load_maskrcnn",
     "predict_maskrcnn",
-    "train_maskrcnn",
+    "MaskRCNNLosses",
     "LOSS_NAMES",
 ]
 
@@ -175,17 +166,6 @@ def build_maskrcnn(
     raise ValueError(f"unknown Mask R-CNN backbone {params.backbone!r} (one of {MASKRCNN_BACKBONES})")
 
 
-def load_maskrcnn(path, device: torch.device, class_names=None) -> tuple[MaskRCNN, dict]:
-    """The Mask R-CNN of a ``maskrcnn`` checkpoint, in eval mode on ``device``, and the checkpoint."""
-    checkpoint = load_checkpoint(path, kind="maskrcnn", class_names=class_names)
-    known = {f.name for f in dataclasses.fields(MaskRCNNParams)}
-    params = MaskRCNNParams(**{k: v for k, v in checkpoint["config"].items() if k in known})
-    # The checkpoint holds every weight: no ImageNet download.
-    model = build_maskrcnn(len(checkpoint["class_names"]), params, download=False)
-    load_weights(model, checkpoint["model"], source=path)
-    return model.to(device).eval(), checkpoint
-
-
 @torch.no_grad()
 def predict_maskrcnn(
     model: MaskRCNN, image: np.ndarray, device: torch.device, mask_thresh: float = 0.5
@@ -204,77 +184,18 @@ def predict_maskrcnn(
     )
 
 
-def _optimizer(model: nn.Module, params: MaskRCNNParams) -> torch.optim.Optimizer:
-    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen pretrained layers stay out
-    if params.optimizer == "adamw":
-        return torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(trainable, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
+class MaskRCNNLosses(nn.Module):
+    """Mask R-CNN as :func:`bestie.training.train` trains it: ``((images, targets), iteration) -> losses``.
 
-
-def train_maskrcnn(
-    model: MaskRCNN,
-    dataset: torch.utils.data.Dataset,
-    params: MaskRCNNParams,
-    device: torch.device,
-    *,
-    seed: int,
-    state: TrainState | None = None,
-    save_state: Callable[[nn.Module, TrainState], None] | None = None,
-    log: Callable[[int, dict], None] | None = None,
-) -> MaskRCNN:
-    """Train ``model`` (on ``device``) for ``params.iterations`` iterations and return it.
-
-    The loop of :func:`bestie.engine.train_bestie`, for torchvision's loss dict: batch t is a
-    pure function of (seed, t) and the global generator (RPN and RoI sampling, multi-scale
-    resizing) is reseeded every iteration, so a run resumed from ``state`` replays exactly what
-    the uninterrupted run would have done.
-
-    Args:
-        dataset: ``(index, seed)``-keyed detection samples (e.g. :class:`CocoInstances`).
-        state: where to resume from (``None``: from scratch).
-        save_state: called every ``checkpoint_every`` iterations and at the end with the model
-            and the state to resume from.
-        log: called every ``log_every`` iterations and at the end with named scalars.
+    torchvision's model returns its five loss terms in training (by their short names here,
+    :data:`LOSS_NAMES`); the loss minimised is their sum.
     """
-    state = state or TrainState()
-    optimizer = _optimizer(model, params)
-    if state.optimizer is not None:
-        optimizer.load_state_dict(state.optimizer)
-    batches = IterationBatches(len(dataset), params.batch_size, state.iteration, params.iterations, seed)
-    loader = DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate_detection, num_workers=params.workers,
-        pin_memory=device.type == "cuda",
-    )
-    model.train()
-    progress = tqdm(total=params.iterations, initial=state.iteration, desc="maskrcnn", disable=None,
-                    dynamic_ncols=True)
-    started = time.perf_counter()
-    for iteration, (images, targets) in enumerate(loader, start=state.iteration):
-        images = [image.to(device, non_blocking=True) for image in images]
-        targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
-                   for t in targets]
-        torch.manual_seed(int(np.random.default_rng([seed, iteration]).integers(2**62)))
-        lr = poly_lr(params.lr, iteration, params.iterations, params.warmup_iters, params.poly_power)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
 
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise BestieError(
-                f"maskrcnn.lr: the loss diverged ({loss.item()}) at iteration {iteration}; lower it"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        progress.update(1)
+    def __init__(self, model: MaskRCNN):
+        super().__init__()
+        self.model = model
 
-        done = iteration + 1
-        if log is not None and (done % params.log_every == 0 or done == params.iterations):
-            scalars = {"loss": loss.item(), **{LOSS_NAMES[k]: v.item() for k, v in losses.items()}}
-            progress.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{lr:.2e}")
-            log(done, {**scalars, "lr": lr, "seconds": time.perf_counter() - started})
-        if save_state is not None and (done % params.checkpoint_every == 0 or done == params.iterations):
-            save_state(model, TrainState(done, optimizer.state_dict(), None))
-    progress.close()
-    return model
+    def forward(self, batch: tuple[list[torch.Tensor], list[dict]], iteration: int) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        losses = self.model(images, targets)
+        return {"loss": sum(losses.values()), **{LOSS_NAMES[k]: v for k, v in losses.items()}}

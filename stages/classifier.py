@@ -1,23 +1,43 @@
-"""DVC stage `classifier`: train the PAM classifier on the training split's image-level labels."""
+"""DVC stage `classifier`: train the PAM classifier on the training split's image-level labels.
+
+An interrupted run resumes from its last epoch's state checkpoint under `--state-dir` when the
+params, inputs and code are the same; the final model is written atomically at the end.
+"""
 
 import argparse
 import time
+from functools import partial
+from pathlib import Path
 
 from bestie.checkpoint import save_checkpoint
-from bestie.classification import build_classifier, train_classifier
+from bestie.classification import (
+    ClassifierLoss,
+    build_classifier,
+    classification_metrics,
+    classifier_param_groups,
+    epoch_loss,
+    predict_logits,
+    shuffled_loader,
+)
 from bestie.config import Params, to_dict
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
+from bestie.distributed import DistContext
+from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_metrics
 from bestie.runtime import seed_everything, select_device
 from bestie.stage import run_stage
+from bestie.training import LoopSettings, build_optimizer, epoch_batches, load_train_state, state_saver, step_lr, train
+
+# `classifier` params that do not change the trained weights: changing them still resumes.
+NOT_IN_FINGERPRINT = ("workers",)
 
 
-def main(params: Params, manifest_path: str, out: str, metrics: str, device_name: str) -> None:
+def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.classifier
-    manifest = load_manifest(manifest_path)
-    device = select_device(device_name)
+    manifest = load_manifest(args.manifest)
+    device = select_device(args.device)
     seed_everything(params.seed)
 
     common = dict(num_classes=manifest.num_classes, crop_size=cfg.crop_size, seed=params.seed)
@@ -28,25 +48,55 @@ def main(params: Params, manifest_path: str, out: str, metrics: str, device_name
     val_set = ClassificationDataset(
         VOCDataset(params.data.root, params.data.val_split), manifest.val, train=False, **common
     )
-    model = build_classifier(manifest.num_classes, cfg.backbone, cfg.width, cfg.alpha, cfg.pretrained)
+    model = build_classifier(manifest.num_classes, cfg.backbone, cfg.width, cfg.alpha, cfg.pretrained).to(device)
+    config = to_dict(cfg)
+
+    fingerprint = run_fingerprint(
+        {**config, "seed": params.seed, "images": params.data.root}, [Path(args.manifest)],
+        stage_code_files(Path(__file__)), ignore=NOT_IN_FINGERPRINT,
+    )
+    # Resumed at epoch boundaries only, where the shuffling generator's state is saved.
+    run = find_run_state(
+        args.state_dir, stage="classifier", kind="pam", fingerprint=fingerprint, resume=True,
+        class_names=manifest.class_names,
+    )
+    state = load_train_state(run, model)
 
     start = time.perf_counter()
-    results = train_classifier(model, train_set, val_set, cfg, device, seed=params.seed)
+    loader = shuffled_loader(train_set, cfg.batch_size, cfg.workers, params.seed, device)
+    steps = len(loader)  # an epoch
+    history = train(
+        ClassifierLoss(model),
+        epoch_batches(loader, cfg.epochs, state.iteration // steps),
+        build_optimizer(cfg.optimizer, classifier_param_groups(model, cfg.lr, cfg.pretrained), cfg.lr,
+                        cfg.weight_decay),
+        partial(step_lr, milestones=[epoch * steps for epoch in cfg.lr_steps]),
+        LoopSettings(cfg.epochs * steps, log_every=1, checkpoint_every=steps, name="classifier"),
+        DistContext(0, 1, device), state=state,
+        save_state=state_saver(run.path, model, kind="pam", config=config, class_names=manifest.class_names),
+        shuffle=loader.generator,
+    )
+    logits, targets = predict_logits(model, val_set, device)  # after the last epoch: no model selection
+    results = {**classification_metrics(logits, targets),
+               "train_loss": epoch_loss([row["loss"] for row in history[-steps:]])}
     print(
         f"classifier: {time.perf_counter() - start:.1f} s on {device}; val mAP {results['cls_map']:.1f}, "
         f"F1 macro {results['cls_f1_macro']:.1f}"
     )
     save_checkpoint(
-        out, model.state_dict(), kind="pam", config=to_dict(cfg), class_names=manifest.class_names
+        args.out, model.state_dict(), kind="pam", config=config, class_names=manifest.class_names
     )
-    write_metrics(metrics, results)
+    write_metrics(args.metrics, results)
+    run.path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", default="data/prepared/manifest.json")
     parser.add_argument("--out", default="data/models/pam.pt")
     parser.add_argument("--metrics", default="metrics/classifier.json")
+    parser.add_argument("--state-dir", default="data/train_state",
+                        help="resumable checkpoints (not a DVC output, so an interrupted run keeps them)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args()
-    run_stage(lambda params: main(params, args.manifest, args.out, args.metrics, args.device))
+    run_stage(lambda params: main(params, args))

@@ -5,20 +5,24 @@ the pseudo labels and the code are the same; the final model is written atomical
 """
 
 import argparse
+from functools import partial
 from pathlib import Path
 
-from bestie.checkpoint import load_weights, save_checkpoint
+from bestie.checkpoint import save_checkpoint
 from bestie.config import Params, to_dict
-from bestie.data.coco_dataset import CocoInstances
+from bestie.data.coco_dataset import CocoInstances, collate_detection
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
-from bestie.engine import TrainState
+from bestie.distributed import DistContext
 from bestie.evaluate_split import predict_split, write_evaluation
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_tsv
-from bestie.maskrcnn import LOSS_NAMES, build_maskrcnn, predict_maskrcnn, train_maskrcnn
+from bestie.maskrcnn import LOSS_NAMES, MaskRCNNLosses, build_maskrcnn, predict_maskrcnn
 from bestie.runtime import seed_everything, select_device
 from bestie.stage import run_stage
+from bestie.training import (
+    LoopSettings, build_optimizer, iteration_batches, load_train_state, poly_lr, state_saver, train,
+)
 
 LOG_COLUMNS = ("step", "loss", *LOSS_NAMES.values(), "lr", "seconds")
 # `maskrcnn` params that do not change the trained weights (the last three act at inference only):
@@ -40,26 +44,23 @@ def main(params: Params, args: argparse.Namespace) -> None:
         {**config, "images": params.data.root}, [Path(args.annotations)], stage_code_files(Path(__file__)),
         ignore=NOT_IN_FINGERPRINT,
     )
-    state_path, saved = find_run_state(
+    run = find_run_state(
         args.state_dir, stage="maskrcnn", kind="maskrcnn", fingerprint=fingerprint, resume=options.resume,
         class_names=manifest.class_names,
     )
-    state, history = TrainState(), []
-    if saved is not None:
-        load_weights(model, saved["model"], source=state_path)
-        state = TrainState(saved["extra"]["iteration"], saved["extra"]["optimizer"])
-        history = saved["extra"]["history"]
+    state = load_train_state(run, model)
 
-    def save_state(network, new_state: TrainState) -> None:
-        save_checkpoint(
-            state_path, network.state_dict(), kind="maskrcnn", config=config,
-            class_names=manifest.class_names,
-            extra={"iteration": new_state.iteration, "optimizer": new_state.optimizer, "history": history},
-        )
-
-    model = train_maskrcnn(
-        model, dataset, options, device, seed=params.seed, state=state, save_state=save_state,
-        log=lambda step, scalars: history.append({"step": step, **scalars}),
+    context = DistContext(0, 1, device)
+    history = train(
+        MaskRCNNLosses(model),
+        iteration_batches(dataset, collate_detection, options.batch_size, state.iteration, options.iterations,
+                          params.seed, context, options.workers),
+        build_optimizer(options.optimizer, model.parameters(), options.lr, options.weight_decay),
+        partial(poly_lr, total=options.iterations, warmup=options.warmup_iters, power=options.poly_power),
+        LoopSettings(options.iterations, options.log_every, options.checkpoint_every, seed=params.seed,
+                     lr_key="maskrcnn.lr", name="maskrcnn"),
+        context, state=state,
+        save_state=state_saver(run.path, model, kind="maskrcnn", config=config, class_names=manifest.class_names),
     )
     save_checkpoint(
         args.out, model.state_dict(), kind="maskrcnn", config=config, class_names=manifest.class_names
@@ -74,7 +75,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     )
     write_evaluation(predictions, args.val_gt, out_dir=args.eval_out, metrics_path=args.metrics,
                      gallery_dir=args.gallery)
-    state_path.unlink(missing_ok=True)
+    run.path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -7,20 +7,24 @@ params, inputs and code are the same; the final model is written atomically at t
 """
 
 import argparse
+from functools import partial
 from pathlib import Path
 
-from bestie.checkpoint import load_weights, save_checkpoint
+from bestie.checkpoint import save_checkpoint
 from bestie.config import Params, to_dict
 from bestie.data.instance_dataset import BestieTrainDataset, collate_samples
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.distributed import init_distributed, shutdown_distributed
-from bestie.engine import TrainState, train_bestie
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_tsv
+from bestie.losses import BestieCriterion, BestieTraining
 from bestie.models import BestieNet
 from bestie.runtime import seed_everything
 from bestie.stage import run_stage
+from bestie.training import (
+    LoopSettings, build_optimizer, iteration_batches, load_train_state, poly_lr, state_saver, train as train_loop,
+)
 
 LOG_COLUMNS = ("step", "loss", "seg", "center", "offset", "lr", "refine_ms", "seconds")
 # `train` params that do not change the trained weights: changing them still resumes.
@@ -49,39 +53,37 @@ def main(params: Params, args: argparse.Namespace) -> None:
             [Path(args.wsss), Path(args.pseudo_labels)], stage_code_files(Path(__file__)),
             ignore=NOT_IN_FINGERPRINT,
         )
-        state_path, saved = find_run_state(
+        run = find_run_state(
             args.state_dir, stage="train", kind="bestie", fingerprint=fingerprint, resume=train.resume,
             class_names=manifest.class_names, is_main=context.is_main,
         )
-        state, history = TrainState(), []
-        if saved is not None:
-            load_weights(model, saved["model"], source=state_path)
-            extra = saved["extra"]
-            state = TrainState(extra["iteration"], extra["optimizer"], extra["scaler"])
-            history = extra["history"]
+        state = load_train_state(run, model)
 
-        def save_state(network, new_state: TrainState) -> None:
-            save_checkpoint(
-                state_path, network.state_dict(), kind="bestie", config=config,
-                class_names=manifest.class_names,
-                extra={"iteration": new_state.iteration, "optimizer": new_state.optimizer,
-                       "scaler": new_state.scaler, "history": history},
-            )
-
-        def log(step: int, scalars: dict) -> None:
-            history.append({"step": step, **scalars})
-
-        network = train_bestie(
-            model, dataset, collate_samples, train, params.supervision, manifest.num_classes,
-            context, seed=params.seed, state=state, save_state=save_state, log=log,
+        if train.batch_size % context.world_size:
+            raise ValueError(f"train.batch_size {train.batch_size} must divide by {context.world_size} processes")
+        criterion = BestieCriterion(
+            params.supervision, manifest.num_classes, seg_weight=train.seg_weight,
+            center_weight=train.center_weight, offset_weight=train.offset_weight,
+            hard_pixel_ratio=train.hard_pixel_ratio, refine_from=train.refine_iter if train.refine else None,
+            refine_thresh=train.refine_thresh, refine_nms_kernel=train.refine_nms_kernel,
+            refine_max_instances=train.refine_max_instances, sigma=train.sigma,
+        )
+        history = train_loop(
+            BestieTraining(model, criterion),
+            iteration_batches(dataset, collate_samples, train.batch_size // context.world_size, state.iteration,
+                              train.iterations, params.seed, context, train.workers),
+            build_optimizer("adam", model.parameters(), train.lr, train.weight_decay),
+            partial(poly_lr, total=train.iterations, warmup=train.warmup_iters, power=train.poly_power),
+            LoopSettings(train.iterations, train.log_every, train.checkpoint_every, seed=params.seed, amp=train.amp),
+            context, state=state,
+            save_state=state_saver(run.path, model, kind="bestie", config=config, class_names=manifest.class_names),
         )
         if context.is_main:
             save_checkpoint(
-                args.out, network.state_dict(), kind="bestie", config=config,
-                class_names=manifest.class_names,
+                args.out, model.state_dict(), kind="bestie", config=config, class_names=manifest.class_names,
             )
             write_tsv(args.log, LOG_COLUMNS, history)
-            state_path.unlink(missing_ok=True)
+            run.path.unlink(missing_ok=True)
     finally:
         shutdown_distributed()
 

@@ -23,7 +23,7 @@ def run_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     (folder / "b.png").write_bytes(b"bb")
     annotations = tmp_path / "train.json"
     annotations.write_text("{}")
-    code = tmp_path / "engine.py"
+    code = tmp_path / "training.py"
     code.write_text("ITERATIONS = 1\n")
     return folder, annotations, code
 
@@ -63,7 +63,7 @@ def test_ignored_keys_do_not_change_the_fingerprint(run_files):
 
 def test_stage_code_files_follow_imports_transitively():
     files = {path.relative_to(REPO).as_posix() for path in stage_code_files(REPO / "stages/train.py")}
-    assert {"stages/train.py", "bestie/engine.py", "bestie/losses.py"} <= files  # losses: through engine
+    assert {"stages/train.py", "bestie/training.py", "bestie/refine.py"} <= files  # refine: through losses
     # A module implies the __init__.py of every package above it.
     assert {"bestie/__init__.py", "bestie/data/__init__.py", "bestie/models/__init__.py"} <= files
     assert "bestie/cli.py" not in files

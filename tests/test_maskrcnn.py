@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+from functools import partial
 from pathlib import Path
 from urllib.error import URLError
 
@@ -17,14 +18,15 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision.models import WeightsEnum
 
-from bestie.checkpoint import save_checkpoint
+from bestie.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from bestie.coco import build_coco, masks_to_annotations
 from bestie.config import MaskRCNNParams
 from bestie.data.coco_dataset import CocoInstances, collate_detection, masks_to_boxes, to_tensor
-from bestie.engine import TrainState
+from bestie.distributed import DistContext
 from bestie.errors import BestieError
-from bestie.maskrcnn import build_maskrcnn, load_maskrcnn, predict_maskrcnn, train_maskrcnn
+from bestie.maskrcnn import MaskRCNNLosses, build_maskrcnn, predict_maskrcnn
 from bestie.postprocess import Instances
+from bestie.training import LoopSettings, TrainState, build_optimizer, iteration_batches, poly_lr, train
 
 CLASSES = ("disc", "box")
 TINY = MaskRCNNParams(
@@ -75,6 +77,23 @@ class _Scenes(torch.utils.data.Dataset):
             "labels": torch.from_numpy(classes + 1),
             "masks": torch.from_numpy(masks.astype(np.uint8)),
         }
+
+
+def train_tiny(model, params: MaskRCNNParams = TINY, *, seed: int = 0, state: TrainState | None = None,
+               save_state=None, dataset=None) -> list[dict]:
+    """Mask R-CNN training on in-memory scenes, built as stages/maskrcnn.py builds it."""
+    state = state or TrainState()
+    context = DistContext(0, 1, torch.device("cpu"))
+    return train(
+        MaskRCNNLosses(model),
+        iteration_batches(dataset or _Scenes(), collate_detection, params.batch_size, state.iteration,
+                          params.iterations, seed, context, params.workers),
+        build_optimizer(params.optimizer, model.parameters(), params.lr, params.weight_decay),
+        partial(poly_lr, total=params.iterations, warmup=params.warmup_iters, power=params.poly_power),
+        LoopSettings(params.iterations, params.log_every, params.checkpoint_every, seed=seed, lr_key="maskrcnn.lr",
+                     name="maskrcnn"),
+        context, state=state, save_state=save_state,
+    )
 
 
 # ------------------------------------------------------------------ the COCO data path
@@ -184,8 +203,8 @@ def test_resnet50_fpn_builds_offline_from_scratch():
 
 
 def test_pretrained_resnet50_architecture_builds_without_download(monkeypatch):
-    """What load_maskrcnn does for a checkpoint of an ImageNet-initialised model: torchvision's
-    pretrained layout (frozen BatchNorm, 3 trainable stages), weights from the checkpoint."""
+    """The model of a checkpoint of an ImageNet-initialised model: torchvision's pretrained
+    layout (frozen BatchNorm, 3 trainable stages), the weights to come from the checkpoint."""
     monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *a, **k: pytest.fail("downloaded"))
     params = dataclasses.replace(TINY, backbone="resnet50_fpn", pretrained=True)
     model = build_maskrcnn(len(CLASSES), params, download=False)
@@ -208,14 +227,15 @@ def test_pretrained_weights_offline_is_a_clear_error(monkeypatch):
 def test_checkpoint_round_trip_gives_the_same_predictions(tmp_path):
     torch.manual_seed(0)
     model = build_maskrcnn(len(CLASSES), TINY)
-    train_maskrcnn(model, _Scenes(), dataclasses.replace(TINY, iterations=2), torch.device("cpu"), seed=0)
+    train_tiny(model, dataclasses.replace(TINY, iterations=2))
     path = tmp_path / "maskrcnn.pt"
     save_checkpoint(path, model.state_dict(), kind="maskrcnn", config=dataclasses.asdict(TINY), class_names=CLASSES)
-    loaded, checkpoint = load_maskrcnn(path, torch.device("cpu"), class_names=CLASSES)
-    assert checkpoint["kind"] == "maskrcnn" and not loaded.training
+    checkpoint = load_checkpoint(path, kind="maskrcnn", class_names=CLASSES)
+    loaded = build_maskrcnn(len(CLASSES), MaskRCNNParams(**checkpoint["config"]), download=False)
+    load_weights(loaded, checkpoint["model"], source=path)
     image = _scene(1)[0]
     expected = predict_maskrcnn(model.eval(), image, torch.device("cpu"))
-    got = predict_maskrcnn(loaded, image, torch.device("cpu"))
+    got = predict_maskrcnn(loaded.eval(), image, torch.device("cpu"))
     assert np.array_equal(got.masks, expected.masks) and np.array_equal(got.scores, expected.scores)
 
 
@@ -226,22 +246,34 @@ def test_resumed_run_replays_the_uninterrupted_run_exactly():
     """4 iterations straight == 2 iterations, a state checkpoint, then 2 more from it."""
     saved: dict[int, tuple[dict, TrainState]] = {}
 
-    def save_state(model, state):
-        saved[state.iteration] = (copy.deepcopy(model.state_dict()), copy.deepcopy(state))
+    def save_state(state):
+        saved[state.iteration] = (copy.deepcopy(straight.state_dict()), copy.deepcopy(state))
 
     torch.manual_seed(0)
-    history = []
-    straight = train_maskrcnn(
-        build_maskrcnn(len(CLASSES), TINY), _Scenes(), TINY, torch.device("cpu"), seed=5,
-        save_state=save_state, log=lambda step, scalars: history.append(step),
-    )
-    assert sorted(saved) == [2, 4] and history == [1, 2, 3, 4]
+    straight = build_maskrcnn(len(CLASSES), TINY)
+    history = train_tiny(straight, seed=5, save_state=save_state)
+    assert sorted(saved) == [2, 4] and [row["step"] for row in history] == [1, 2, 3, 4]
+    assert set(history[0]) == {"step", "loss", "classifier", "box_reg", "mask", "objectness", "rpn_box_reg",
+                               "lr", "seconds"}
 
     weights, state = saved[2]
     torch.manual_seed(123)  # a different global state must not matter
     resumed = build_maskrcnn(len(CLASSES), TINY)
     resumed.load_state_dict(weights)
-    resumed = train_maskrcnn(resumed, _Scenes(), TINY, torch.device("cpu"), seed=5, state=state)
+    train_tiny(resumed, seed=5, state=state)
     final = straight.state_dict()
     for name, tensor in resumed.state_dict().items():
         assert torch.equal(tensor, final[name]), name
+
+
+def test_a_diverging_loss_is_one_line_naming_the_lr():
+    torch.manual_seed(0)
+    model = build_maskrcnn(len(CLASSES), TINY)
+    with pytest.raises(BestieError, match=r"^maskrcnn\.lr: the loss diverged \(nan\) at iteration 0; lower it$"):
+        train_tiny(model, dataclasses.replace(TINY, iterations=1), dataset=_NaNScenes())
+
+
+class _NaNScenes(_Scenes):
+    def __getitem__(self, key):
+        image, target = super().__getitem__(key)
+        return torch.full_like(image, float("nan")), target

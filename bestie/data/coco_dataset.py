@@ -1,7 +1,7 @@
 """A COCO instances file and its image folder as torchvision detection samples (Mask R-CNN training).
 
 Samples are keyed by ``(index, seed)`` like every training set here (see
-:class:`bestie.engine.IterationBatches`): the seed decides the augmentation, so a batch is a
+:class:`bestie.training.IterationBatches`): the seed decides the augmentation, so a batch is a
 pure function of the iteration and a resumed run replays it exactly.
 """
 

@@ -1,7 +1,7 @@
 """Training samples of the BESTIE network: augmented image, semantic map and rendered targets.
 
 A sample is keyed by ``(index, seed)``: the seed fixes its augmentation, so a batch is a
-pure function of the sampler's plan and training resumes exactly (see ``bestie.engine``).
+pure function of the sampler's plan and training resumes exactly (see ``bestie.training``).
 Targets are rendered after the augmentation from the transformed instance map and centers,
 so their geometry is exact (METHOD.md §3).
 """

@@ -1,0 +1,270 @@
+"""The training loop's rules: schedules, sampling plans, losses, refinement switch, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bestie.config import TrainParams
+from bestie.data.instance_dataset import collate_samples
+from bestie.distributed import DistContext
+from bestie.errors import BestieError
+from bestie.fingerprint import find_run_state
+from bestie.losses import (
+    BestieCriterion, BestieTraining, compute_losses, hard_pixel_cross_entropy, weighted_l1, weighted_mse,
+)
+from bestie.models import BestieNet, SmallBackbone
+from bestie.training import (
+    IterationBatches, LoopSettings, TrainState, build_optimizer, epoch_batches, iteration_batches, load_train_state,
+    poly_lr, state_saver, step_lr, train,
+)
+
+from .fake_data import NUM_CLASSES, FakeBestieData
+
+CPU = DistContext(0, 1, torch.device("cpu"))
+TINY = TrainParams(iterations=4, batch_size=2, crop_size=32, warmup_iters=1, workers=0,
+                   checkpoint_every=2, log_every=1, lr=1e-3)
+WEIGHTS = dict(seg_weight=TINY.seg_weight, center_weight=TINY.center_weight, offset_weight=TINY.offset_weight,
+               hard_pixel_ratio=TINY.hard_pixel_ratio)
+
+
+def tiny_model() -> BestieNet:
+    torch.manual_seed(0)
+    return BestieNet(NUM_CLASSES, SmallBackbone(width=8))
+
+
+def train_tiny(model: BestieNet, supervision: str = "cls", params: TrainParams = TINY, *, seed: int = 0,
+               context: DistContext = CPU, state: TrainState | None = None, save_state=None) -> list[dict]:
+    """BESTIE training on the fake data, built as stages/train.py builds it."""
+    state = state or TrainState()
+    criterion = BestieCriterion(
+        supervision, NUM_CLASSES, **WEIGHTS, refine_from=params.refine_iter if params.refine else None,
+        refine_thresh=params.refine_thresh, refine_nms_kernel=params.refine_nms_kernel,
+        refine_max_instances=params.refine_max_instances, sigma=params.sigma,
+    )
+    return train(
+        BestieTraining(model, criterion),
+        iteration_batches(FakeBestieData(supervision=supervision), collate_samples,
+                          params.batch_size // context.world_size, state.iteration, params.iterations, seed,
+                          context, params.workers),
+        build_optimizer("adam", model.parameters(), params.lr, params.weight_decay),
+        partial(poly_lr, total=params.iterations, warmup=params.warmup_iters, power=params.poly_power),
+        LoopSettings(params.iterations, params.log_every, params.checkpoint_every, seed=seed, amp=params.amp),
+        context, state=state, save_state=save_state,
+    )
+
+
+# -- schedule and sampling -----------------------------------------------------------------
+
+
+def test_poly_lr_warms_up_then_decays_to_zero() -> None:
+    assert poly_lr(1.0, 0, 100, 10, 0.9) == pytest.approx(0.1)
+    assert poly_lr(1.0, 9, 100, 10, 0.9) == pytest.approx(1.0)
+    assert poly_lr(1.0, 10, 100, 10, 0.9) == pytest.approx(1.0)
+    assert poly_lr(1.0, 55, 100, 10, 0.9) == pytest.approx(0.5**0.9)
+    assert poly_lr(1.0, 100, 100, 10, 0.9) == pytest.approx(0.0)
+    assert poly_lr(2.0, 0, 100, 0, 0.9) == pytest.approx(2.0)  # no warm-up
+
+
+def test_step_lr_gives_multisteplr_rates_to_the_bit() -> None:
+    """The classifier's schedule was MultiStepLR stepped every epoch; per iteration it is the same floats."""
+    steps_per_epoch, milestones = 3, [2, 4, 5]
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD([{"params": [model.weight], "lr": 1e-3}, {"params": [model.bias], "lr": 7e-3}])
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    for epoch in range(7):
+        for step in range(steps_per_epoch):
+            iteration = epoch * steps_per_epoch + step
+            ours = [step_lr(base, iteration, [m * steps_per_epoch for m in milestones]) for base in (1e-3, 7e-3)]
+            assert ours == [group["lr"] for group in optimizer.param_groups]  # exact, not approx
+        optimizer.step()
+        scheduler.step()
+
+
+def test_iteration_batches_cover_each_epoch_once_and_are_disjoint_across_ranks() -> None:
+    ranks = [IterationBatches(12, 2, 0, 6, seed=7, rank=r, world_size=2) for r in range(2)]
+    for epoch in range(2):  # 3 iterations x 2 ranks x 2 samples = one epoch of 12
+        seen = [i for t in range(3 * epoch, 3 * epoch + 3) for sampler in ranks for i, _ in sampler.batch(t)]
+        assert sorted(seen) == list(range(12))
+    seeds = [seed for t in range(6) for sampler in ranks for _, seed in sampler.batch(t)]
+    assert len(set(seeds)) == len(seeds)  # every sample draws its own augmentation
+
+
+def test_iteration_batches_do_not_depend_on_where_they_start() -> None:
+    full = list(IterationBatches(7, 3, 0, 6, seed=1))
+    resumed = list(IterationBatches(7, 3, 4, 6, seed=1))
+    assert resumed == full[4:]
+    assert list(IterationBatches(7, 3, 0, 6, seed=2)) != full
+
+
+def test_epoch_batches_finish_each_epoch_before_its_last_batch() -> None:
+    """A generator state taken at an epoch's last batch starts the next epoch exactly."""
+
+    class Numbers(torch.utils.data.Dataset):
+        def __init__(self):
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __len__(self):
+            return 7
+
+        def __getitem__(self, index):
+            return index
+
+    def loader(dataset):
+        return torch.utils.data.DataLoader(dataset, batch_size=2, shuffle=True, drop_last=True,
+                                           generator=torch.Generator().manual_seed(4))
+
+    straight, states = loader(Numbers()), {}
+    seen = []
+    for iteration, batch in epoch_batches(straight, 3):
+        seen.append((iteration, batch.tolist()))
+        if (iteration + 1) % 3 == 0:
+            states[iteration + 1] = straight.generator.get_state()
+    assert [t for t, _ in seen] == list(range(9)) and straight.dataset.epochs == [0, 1, 2]
+    resumed = loader(Numbers())
+    resumed.generator.set_state(states[3])
+    assert [(t, b.tolist()) for t, b in epoch_batches(resumed, 3, start_epoch=1)] == seen[3:]
+    assert resumed.dataset.epochs == [1, 2]
+
+
+# -- losses --------------------------------------------------------------------------------
+
+
+def test_hard_pixel_cross_entropy_keeps_the_hardest_share() -> None:
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 1] = torch.tensor([4.0, 0.0, -4.0, 9.0])  # target 0 everywhere
+    target = torch.tensor([[[0, 0, 0, 255]]])
+    losses = F.cross_entropy(logits, target, ignore_index=255, reduction="none")[0, 0, :3]
+    assert hard_pixel_cross_entropy(logits, target, 1.0) == pytest.approx(losses.mean())
+    assert hard_pixel_cross_entropy(logits, target, 0.34) == pytest.approx(losses.max())
+    empty = hard_pixel_cross_entropy(logits.requires_grad_(), torch.full_like(target, 255))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_weighted_losses_count_only_weighted_pixels() -> None:
+    prediction = torch.zeros(1, 2, 2, 2)
+    target = torch.ones(1, 2, 2, 2)
+    weight = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert weighted_mse(prediction, target, weight) == pytest.approx(2.0)  # 2 channels x 1^2
+    assert weighted_l1(prediction, 3 * target, weight) == pytest.approx(6.0)
+    assert weighted_l1(prediction, target, torch.zeros_like(weight)) == 0.0
+
+
+def test_refined_terms_are_averaged_with_pseudo_label_terms() -> None:
+    batch = collate_samples([FakeBestieData()[(0, 0)]])
+    outputs = {"seg": torch.zeros(1, 3, 32, 32), "center": torch.zeros(1, 2, 32, 32),
+               "offset": torch.zeros(1, 2, 32, 32)}
+    plain = compute_losses(outputs, batch, None, **WEIGHTS)
+    # Refined labels equal to the pseudo labels, counted on the same pixels: the same term.
+    same = compute_losses(outputs, batch, {"center": batch["center"], "weight": batch["center_weight"],
+                                           "offset": batch["offset"]}, **WEIGHTS)
+    assert same["center"] == pytest.approx(plain["center"])
+    zero = {"center": torch.zeros_like(batch["center"]), "offset": torch.zeros_like(batch["offset"]),
+            "weight": batch["weight"]}
+    halved = compute_losses(outputs, batch, zero, **WEIGHTS)  # prediction == refined target: term 0
+    assert halved["center"] == pytest.approx(plain["center"] / 2)
+    assert halved["offset"] == pytest.approx(plain["offset"] / 2)
+    points_only = compute_losses(outputs, batch, {"offset": zero["offset"], "weight": zero["weight"]}, **WEIGHTS)
+    assert points_only["center"] == pytest.approx(plain["center"])
+
+
+# -- the loop ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("supervision", ["cls", "point", "full"])
+def test_training_runs_and_logs_for_every_supervision(supervision: str) -> None:
+    history = train_tiny(tiny_model(), supervision)
+    assert [row["step"] for row in history] == [1, 2, 3, 4]
+    assert all(np.isfinite(row["loss"]) for row in history)
+    assert {"loss", "seg", "center", "offset", "refine_ms", "lr", "seconds"} == set(history[0]) - {"step"}
+    refined = [row["refine_ms"] > 0 for row in history]
+    assert all(refined) if supervision != "full" else not any(refined)
+
+
+def test_refinement_switch_and_start_iteration() -> None:
+    history = train_tiny(tiny_model(), params=dataclasses.replace(TINY, refine_iter=2))
+    assert [row["refine_ms"] > 0 for row in history] == [False, False, True, True]
+    history = train_tiny(tiny_model(), params=dataclasses.replace(TINY, refine=False))
+    assert [row["refine_ms"] > 0 for row in history] == [False] * 4
+
+
+def test_resumed_training_reaches_the_same_weights() -> None:
+    straight = tiny_model()
+    history = train_tiny(straight, seed=3)
+
+    saved, saving = {}, tiny_model()
+
+    def save_state(state: TrainState) -> None:
+        # What save_checkpoint does: a snapshot, not live references the next step mutates.
+        saved[state.iteration] = copy.deepcopy((saving.state_dict(), state))
+
+    train_tiny(saving, seed=3, save_state=save_state)
+    assert sorted(saved) == [2, 4]
+    weights, state = saved[2]  # as if the run had been killed after iteration 2
+    resumed = tiny_model()
+    resumed.load_state_dict(weights)
+    resumed_history = train_tiny(resumed, seed=3, state=state)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    def without_timings(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in ("seconds", "refine_ms")} for row in rows]
+
+    assert without_timings(resumed_history) == without_timings(history)  # the saved rows, then the new ones
+
+
+def test_iteration_seed_is_the_one_mask_rcnn_drew_before_it_had_a_rank() -> None:
+    """Mask R-CNN reseeded from (seed, t), BESTIE from (seed, t, rank): numpy seeds both alike on rank 0."""
+    for seed, iteration in [(0, 0), (3407, 1999), (2**32 - 1, 10**6)]:
+        assert (np.random.default_rng([seed, iteration]).integers(2**62)
+                == np.random.default_rng([seed, iteration, 0]).integers(2**62))
+
+
+def test_a_non_finite_loss_names_the_lr_param_when_asked() -> None:
+    class Diverging(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, batch, iteration):
+            return {"loss": self.weight * batch / (iteration - 1)}  # inf at iteration 1
+
+    def run(settings: LoopSettings) -> list[dict]:
+        model = Diverging()
+        optimizer = build_optimizer("sgd", model.parameters(), 0.1, 0.0)
+        return train(model, [(t, torch.ones(())) for t in range(3)], optimizer, lambda lr, t: lr, settings, CPU)
+
+    settings = LoopSettings(3, log_every=1, checkpoint_every=3)
+    with pytest.raises(BestieError, match=r"^maskrcnn\.lr: the loss diverged \(-?inf\) at iteration 1; lower it$"):
+        run(dataclasses.replace(settings, lr_key="maskrcnn.lr"))
+    assert len(run(settings)) == 3  # without lr_key, no check: it goes on
+
+
+def test_a_state_checkpoint_round_trips_through_its_file(tmp_path) -> None:
+    model = tiny_model()
+    generator = torch.Generator().manual_seed(5)
+    optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0.0)
+    state = TrainState(7, optimizer.state_dict(), None, generator.get_state(),
+                       [{"step": 7, "loss": 0.5, "lr": 1e-3, "refine_ms": 2.5}])
+    path = tmp_path / "bestie-0123456789abcdef.pt"
+    state_saver(path, model, kind="bestie", config={"lr": 1e-3}, class_names=["a", "b"])(state)
+
+    run = find_run_state(tmp_path, stage="train", kind="bestie", fingerprint="0123456789abcdef", resume=True,
+                         class_names=["a", "b"])
+    restored = BestieNet(NUM_CLASSES, SmallBackbone(width=8))
+    loaded = load_train_state(run, restored)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))
+    assert (loaded.iteration, loaded.scaler, loaded.history) == (7, None, state.history)
+    assert torch.equal(loaded.shuffle, state.shuffle)
+    assert loaded.optimizer["param_groups"] == state.optimizer["param_groups"]
+    assert load_train_state(find_run_state(tmp_path, stage="train", kind="bestie", fingerprint="0123456789abcdef",
+                                           resume=False, class_names=["a", "b"]), restored) == TrainState()
