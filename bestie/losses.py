@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["hard_pixel_cross_entropy", "weighted_mse", "weighted_l1"]
+from bestie.structures import IGNORE
 
-IGNORE = 255
+__all__ = ["hard_pixel_cross_entropy", "weighted_mse", "weighted_l1"]
 
 
 def hard_pixel_cross_entropy(logits: Tensor, target: Tensor, top_ratio: float = 0.2) -> Tensor:

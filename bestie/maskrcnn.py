@@ -42,7 +42,7 @@ from bestie.data.coco_dataset import collate_detection, to_tensor
 from bestie.engine import IterationBatches, TrainState, poly_lr
 from bestie.errors import BestieError
 from bestie.models.backbones import BasicBlock, conv_bn_relu, load_imagenet_weights
-from bestie.postprocess import Instances
+from bestie.structures import Instances
 
 __all__ = [
     "MASKRCNN_BACKBONES",

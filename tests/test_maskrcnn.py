@@ -24,7 +24,7 @@ from bestie.data.coco_dataset import CocoInstances, collate_detection, masks_to_
 from bestie.engine import TrainState
 from bestie.errors import BestieError
 from bestie.maskrcnn import build_maskrcnn, load_maskrcnn, predict_maskrcnn, train_maskrcnn
-from bestie.postprocess import Instances
+from bestie.structures import Instances
 
 CLASSES = ("disc", "box")
 TINY = MaskRCNNParams(
