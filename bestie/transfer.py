@@ -62,7 +62,7 @@ def semantic_knowledge_transfer(
         raise ValueError(f"connectivity: must be 4 or 8, got {connectivity!r}")
 
     # Every component of every class, numbered jointly; label 0 (outside any) has class -1.
-    components, classes = class_components(semantic_map.astype(np.uint8), connectivity=connectivity)
+    components, classes = class_components(semantic_map.astype(np.uint8, copy=False), connectivity=connectivity)
     component_classes = np.concatenate([np.array([-1], dtype=np.int64), classes])
     num_labels = len(component_classes)  # components + the background label 0
     sizes = np.bincount(components.ravel(), minlength=num_labels)
