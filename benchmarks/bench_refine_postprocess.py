@@ -16,8 +16,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from bestie.postprocess import postprocess, postprocess_batch
-from bestie.refine import refine_image_level, refine_point_level, wsss_components
+from bestie.postprocess import postprocess
+from bestie.refine import refine_image_level, refine_point_level
+from bestie.spatial import class_components
 from bestie.targets import center_heatmap
 
 TARGET_MS = {"refine_image_level (batch)": 36.0, "postprocess (per image)": 5.8}
@@ -61,7 +62,7 @@ def synthetic_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> d
     labels = torch.from_numpy(semantic).long()[:, None]
     logits.scatter_add_(1, labels, torch.full((batch, 1, size, size), 8.0))
 
-    components = [wsss_components(semantic[b], range(num_classes)) for b in range(batch)]
+    components = [class_components(semantic[b], range(num_classes), min_size=50) for b in range(batch)]
     max_k = max(1, max(len(c) for _, c in components))
     component_map = torch.from_numpy(np.stack([m for m, _ in components])).long()
     component_class = torch.full((batch, max_k), -1, dtype=torch.long)
@@ -142,16 +143,11 @@ def main() -> None:
                 data["seg"][b], data["center"][b], data["offset"][b], image_size=size, points=points
             )
 
-    def post_batch() -> None:
-        outputs = {k: data[k] for k in ("seg", "center", "offset")}
-        postprocess_batch(outputs, [image_size] * batch)
-
     rows = [
         ("refine_image_level (batch)", refine_image, 1),
         ("refine_point_level (batch)", refine_points, 1),
         ("postprocess (per image)", lambda: post_each(image_size), batch),
         (f"postprocess to {larger[0]}x{larger[1]} (per image)", lambda: post_each(larger), batch),
-        ("postprocess_batch (per image)", post_batch, batch),
         ("postprocess, point-guided (per image)", lambda: post_each(image_size, True), batch),
     ]
     print(

@@ -79,7 +79,10 @@ def bench_refine_and_postprocess(num_classes: int) -> dict[str, float]:
     post = median_ms(lambda: postprocess(data["seg"][0], data["center"][0], data["offset"][0],
                                          image_size=(128, 128)), 30)
     image = torch.randn(3, 128, 128, generator=torch.Generator().manual_seed(0))
-    seg_refine = median_ms(lambda: refine_segmentation(image, data["seg"][0], SegRefineParams()), 20)
+    refine = SegRefineParams()
+    seg_refine = median_ms(lambda: refine_segmentation(
+        image, data["seg"][0], iterations=refine.iterations, texture_window=refine.texture_window,
+        stride=refine.stride, dilations=refine.dilations), 20)
     return {"refine_image": image_level, "refine_point": point_level, "postprocess": post, "seg_refine": seg_refine}
 
 

@@ -30,15 +30,15 @@ from bestie.evaluation import evaluate_instances
 from bestie.inference import load_bestie, network_outputs, refine_segmentation
 from bestie.postprocess import postprocess
 from bestie.runtime import select_device
+from bestie.structures import IGNORE
 
-VOID = 255
 ORACLE_LOGIT = 20.0  # one-hot logits: softmax probability ~1 for the true class
 
 
 def ground_truth_logits(class_map: np.ndarray, predicted: torch.Tensor) -> torch.Tensor:
     """[C+1, H, W] logits that put the ground-truth class first; void pixels keep ``predicted``."""
     labels = torch.from_numpy(class_map.astype(np.int64)).to(predicted.device)
-    known = labels != VOID
+    known = labels != IGNORE
     one_hot = F.one_hot(labels.clamp(max=len(predicted) - 1), len(predicted)).permute(2, 0, 1)
     return torch.where(known, ORACLE_LOGIT * one_hot.to(predicted.dtype), predicted)
 
@@ -71,7 +71,10 @@ def main() -> None:
         normalized, seg, center, offset = network_outputs(model, image, device, options.flip)
         segmentations = {
             "predicted": seg,
-            "refined": refine_segmentation(normalized, seg, refine),
+            "refined": refine_segmentation(
+                normalized, seg, iterations=refine.iterations, texture_window=refine.texture_window,
+                stride=refine.stride, dilations=refine.dilations,
+            ),
             "ground truth": ground_truth_logits(class_map, seg),
         }
         target = torch.from_numpy(class_map.astype(np.int64))

@@ -22,7 +22,7 @@ from bestie.coco import masks_to_results
 from bestie.config import InferenceParams, parse_section, to_dict
 from bestie.data.voc import read_class_names
 from bestie.errors import BestieError
-from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, recorded_settings
+from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, recorded_settings, settings_from_params
 from bestie.io import atomic_dir, read_image, write_json
 from bestie.runtime import select_device
 from bestie.visualize import overlay_instances
@@ -109,7 +109,7 @@ def predict_images(
         results, images_table = [], []
         for image_id, path in enumerate(tqdm(paths, desc="predict", unit="image", disable=None), start=1):
             image = read_image(path)
-            instances = predict_instances(model, image, device, settings)
+            instances = predict_instances(model, image, device, settings_from_params(settings))
             keep = instances.scores >= score_thresh
             masks, classes, scores = instances.masks[keep], instances.classes[keep], instances.scores[keep]
             images_table.append({"id": image_id, "file_name": str(path), "height": image.shape[0], "width": image.shape[1]})

@@ -27,7 +27,7 @@ from bestie.data.manifest import ImageRecord
 from bestie.data.voc import VOCDataset
 from bestie.evaluation import evaluate_instances
 from bestie.io import atomic_dir, write_json, write_metrics
-from bestie.postprocess import Instances
+from bestie.structures import Instances
 from bestie.visualize import overlay_instances, panels
 
 __all__ = ["Predictor", "SplitPredictions", "predict_split", "write_evaluation"]

@@ -1,35 +1,64 @@
 """Running a trained BESTIE network on whole images (val, training images, user images).
 
 Every use of a trained network (the ``evaluate`` and ``export_coco`` stages, ``bestie
-predict``) goes through :func:`predict_instances` with one :class:`InferenceParams`. The
-``evaluate`` stage records the settings it used beside its predictions
-(:data:`SETTINGS_FILE`, with the checkpoint's digest), so ``bestie predict`` can predict
-exactly as the evaluation did (:func:`recorded_settings`).
+predict``) goes through :func:`predict_instances` with one :class:`InferenceSettings`, the
+numbers of the ``inference`` params (:func:`settings_from_params`). The ``evaluate`` stage
+records the params it used beside its predictions (:data:`SETTINGS_FILE`, with the
+checkpoint's digest), so ``bestie predict`` can predict exactly as the evaluation did
+(:func:`recorded_settings`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from bestie.cam import refine_scores, texture_guide
 from bestie.checkpoint import load_checkpoint, load_weights
-from bestie.config import InferenceParams, SegRefineParams, parse_section, to_dict
+from bestie.config import InferenceParams, parse_section, to_dict
+from bestie.data.transforms import normalize
+from bestie.edge_refine import refine_scores
 from bestie.errors import BestieError
 from bestie.io import file_sha256, read_json
-from bestie.data.transforms import normalize
 from bestie.models import BestieNet
-from bestie.postprocess import Instances, merge_flip, postprocess
+from bestie.postprocess import merge_flip, postprocess
+from bestie.structures import Instances
 
 __all__ = [
-    "SETTINGS_FILE", "load_bestie", "refine_segmentation", "network_outputs", "predict_instances",
-    "settings_record", "recorded_settings",
+    "SETTINGS_FILE", "InferenceSettings", "settings_from_params", "load_bestie", "refine_segmentation",
+    "network_outputs", "predict_instances", "settings_record", "recorded_settings",
 ]
 
 SETTINGS_FILE = "inference.json"  # beside the evaluate stage's predictions
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a trained network's outputs become instances."""
+
+    flip: bool  # average the outputs of the image and its mirror image
+    min_size: int  # smallest segmentation component kept, in pixels
+    center_thresh: float  # center peaks must exceed it
+    nms_kernel: int  # odd width of the center peak window
+    refine_iterations: int  # segmentation refinement (:func:`refine_segmentation`); 0: off
+    refine_texture_window: int
+    refine_stride: int
+    refine_dilations: Sequence[int]
+
+
+def settings_from_params(params: InferenceParams) -> InferenceSettings:
+    """The numbers of the ``inference`` params section."""
+    refine = params.seg_refine
+    return InferenceSettings(
+        flip=params.flip, min_size=params.min_size, center_thresh=params.center_thresh,
+        nms_kernel=params.nms_kernel, refine_iterations=refine.iterations,
+        refine_texture_window=refine.texture_window, refine_stride=refine.stride,
+        refine_dilations=tuple(refine.dilations),
+    )
 
 
 def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module, dict]:
@@ -43,22 +72,33 @@ def load_bestie(path, device: torch.device, class_names=None) -> tuple[nn.Module
     return model.to(device).eval(), checkpoint
 
 
-def refine_segmentation(image: torch.Tensor, seg_logits: torch.Tensor, options: SegRefineParams) -> torch.Tensor:
-    """The network's class probabilities snapped to the edges of its input image.
+def refine_segmentation(
+    image: torch.Tensor,
+    seg_logits: torch.Tensor,
+    *,
+    iterations: int,
+    texture_window: int,
+    stride: int,
+    dilations: Sequence[int],
+) -> torch.Tensor:
+    """The network's class probabilities snapped to the edges of its input image: the
+    ``wsss`` stage's pixel-adaptive refinement (:func:`bestie.edge_refine.refine_scores`),
+    run on the network's softmax.
 
     Args:
         image: [3, H, W] the normalised input image (the refinement's guide).
         seg_logits: [C+1, H, W] segmentation logits of that image.
+        iterations, texture_window, stride, dilations: of the refinement.
     Returns:
         [C+1, H, W] log-probabilities after refinement: logits for :func:`postprocess`,
         whose argmax and softmax are the refined labels and probabilities. ``seg_logits``
-        unchanged when ``options.iterations`` is 0.
+        unchanged when ``iterations`` is 0.
     """
-    if options.iterations == 0:
+    if iterations == 0:
         return seg_logits
     probs = refine_scores(
-        texture_guide(image, options.texture_window), seg_logits.float().softmax(dim=0),
-        method="pamr", stride=options.stride, dilations=options.dilations, iterations=options.iterations,
+        image, seg_logits.float().softmax(dim=0), method="pamr", texture_window=texture_window,
+        stride=stride, dilations=dilations, iterations=iterations,
     )
     return probs.clamp(min=1e-8).log()
 
@@ -100,27 +140,30 @@ def predict_instances(
     model: nn.Module,
     image: np.ndarray,
     device: torch.device,
-    options: InferenceParams,
+    settings: InferenceSettings,
     points: np.ndarray | None = None,
 ) -> Instances:
     """Instances of one image at its own size: network outputs, segmentation refinement
-    (``options.seg_refine``, :func:`refine_segmentation`), then post-processing.
+    (:func:`refine_segmentation`), then post-processing.
 
     Args:
         model: a BestieNet in eval mode.
         image: [H, W, 3] uint8 RGB.
-        options: flip averaging, segmentation refinement and post-processing thresholds.
+        settings: flip averaging, segmentation refinement and post-processing thresholds.
         points: None or [P, 3] (x, y, class) given points (point-guided inference).
     """
     height, width = image.shape[:2]
-    normalized, seg, center, offset = network_outputs(model, image, device, options.flip)
-    seg = refine_segmentation(normalized, seg, options.seg_refine)
+    normalized, seg, center, offset = network_outputs(model, image, device, settings.flip)
+    seg = refine_segmentation(
+        normalized, seg, iterations=settings.refine_iterations, texture_window=settings.refine_texture_window,
+        stride=settings.refine_stride, dilations=settings.refine_dilations,
+    )
     guide = None
     if points is not None:
         guide = (torch.from_numpy(points[:, :2].astype(np.float32)), torch.from_numpy(points[:, 2].astype(np.int64)))
     return postprocess(
-        seg, center, offset, image_size=(height, width), min_size=options.min_size,
-        center_threshold=options.center_thresh, nms_kernel=options.nms_kernel, points=guide,
+        seg, center, offset, image_size=(height, width), min_size=settings.min_size,
+        center_threshold=settings.center_thresh, nms_kernel=settings.nms_kernel, points=guide,
     )
 
 

@@ -22,13 +22,12 @@ from torch import Tensor, nn
 
 from bestie.refine import refine_image_level, refine_point_level
 from bestie.runtime import autocast
+from bestie.structures import IGNORE
 
 __all__ = [
     "hard_pixel_cross_entropy", "weighted_mse", "weighted_l1", "compute_losses", "self_refine",
     "BestieCriterion", "BestieTraining",
 ]
-
-IGNORE = 255
 
 
 def hard_pixel_cross_entropy(logits: Tensor, target: Tensor, top_ratio: float = 0.2) -> Tensor:

@@ -11,7 +11,7 @@ Two backbones (``maskrcnn.backbone``):
 
 Both take ``[3, H, W]`` float images in [0, 1] (the model normalises and resizes them itself)
 and return masks at the input size; :func:`predict_maskrcnn` turns them into
-:class:`~bestie.postprocess.Instances`. Labels in targets and outputs are ``class + 1``: 0 is
+:class:`~bestie.structures.Instances`. Labels in targets and outputs are ``class + 1``: 0 is
 background, which makes them the COCO ``category_id``.
 """
 
@@ -34,7 +34,7 @@ from torchvision.ops import MultiScaleRoIAlign, misc as misc_nn_ops
 from bestie.config import MaskRCNNParams
 from bestie.data.coco_dataset import to_tensor
 from bestie.models.backbones import BasicBlock, conv_bn_relu, load_imagenet_weights
-from bestie.postprocess import Instances
+from bestie.structures import Instances
 
 __all__ = [
     "MASKRCNN_BACKBONES",

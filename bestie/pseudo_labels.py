@@ -8,7 +8,6 @@ semantic knowledge transfer (:mod:`bestie.transfer`) compactly: one instance-id 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +17,14 @@ from bestie.coco import encode_masks
 from bestie.data.png import read_label_png, write_label_png
 from bestie.errors import BestieError
 from bestie.io import read_json, write_json
-from bestie.transfer import TransferResult
+from bestie.structures import PseudoLabel
 
-__all__ = ["PseudoLabel", "save_pseudo_labels", "load_pseudo_label", "load_records", "pseudo_label_metrics"]
+__all__ = ["save_pseudo_labels", "load_pseudo_label", "load_records", "pseudo_label_metrics"]
 
 RECORDS = "instances.json"
 
 
-@dataclass(frozen=True)
-class PseudoLabel:
-    """The accepted instances of one training image."""
-
-    instance_map: np.ndarray  # [H, W] uint8: 0 none, k instance k
-    classes: np.ndarray  # [N] int64
-    centers: np.ndarray  # [N, 2] float32 (x, y)
-
-
-def save_pseudo_labels(directory: str | os.PathLike, results: dict[str, TransferResult]) -> None:
+def save_pseudo_labels(directory: str | os.PathLike, results: dict[str, PseudoLabel]) -> None:
     """Write ``<name>.png`` per image and one ``instances.json`` into ``directory``."""
     directory = Path(directory)
     records = {}
@@ -89,7 +79,7 @@ def match_at_iou(
     return matched
 
 
-def pseudo_label_metrics(results: dict[str, TransferResult], ground_truth: dict) -> dict[str, float]:
+def pseudo_label_metrics(results: dict[str, PseudoLabel], ground_truth: dict) -> dict[str, float]:
     """Pseudo-instance quality against ground-truth instances (images that have them).
 
     Args:

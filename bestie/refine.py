@@ -1,7 +1,8 @@
-"""Online self-refinement (METHOD.md §6): refined instance targets from the network's own outputs.
+"""Online self-refinement (docs/method.md §6): refined instance targets from the network's own outputs.
 
-Refinement runs the inference grouping (:mod:`bestie.postprocess`) on the training batch,
-confined to the WSSS components, and renders targets from the instances it finds. It
+Refinement runs the inference grouping (:mod:`bestie.grouping`) on the training batch,
+confined to the WSSS components (:func:`bestie.spatial.class_components` of the augmented
+WSSS map, computed by the data loader), and renders targets from the instances it finds. It
 recovers the objects that semantic knowledge transfer rejected (components holding several
 objects), which would otherwise be learnt as background.
 
@@ -13,37 +14,13 @@ which is exact because an offset depends only on the difference of coordinates).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-import numpy as np
 import torch
 from torch import Tensor
 
-from bestie.postprocess import (
-    class_components,
-    instances_at_points,
-    instances_in_components,
-)
+from bestie.grouping import instances_at_points, instances_in_components
 from bestie.targets import center_heatmap, offset_and_weight
 
-__all__ = ["wsss_components", "refine_image_level", "refine_point_level"]
-
-
-def wsss_components(
-    semantic_map: np.ndarray, image_classes: Iterable[int], min_size: int = 50
-) -> tuple[np.ndarray, np.ndarray]:
-    """The WSSS components refinement works in, computed by the data loader after augmentation.
-
-    Args:
-        semantic_map: [H, W] uint8 augmented WSSS map; 0 background, c + 1 class c, 255 void.
-        image_classes: the image's classes; pixels of any other class are ignored.
-        min_size: smallest component kept, in pixels.
-
-    Returns:
-        component_map: [H, W] int32; 0 = none, k = component k (1-based).
-        component_class: [K] int64; the class of component k at index k - 1.
-    """
-    return class_components(semantic_map, image_classes, min_size)
+__all__ = ["refine_image_level", "refine_point_level"]
 
 
 @torch.no_grad()

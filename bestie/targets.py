@@ -1,8 +1,8 @@
-"""Training targets from accepted instances: center heatmap, offsets, weights (METHOD.md §3).
+"""Training targets from accepted instances: center heatmap, offsets, weights (docs/method.md §3).
 
-Targets are rendered per training sample AFTER the augmentation, from the transformed
-instance map and centers (:func:`transform_instances`), so they are exact in the
-augmented frame rather than resampled.
+Targets are rendered per training sample AFTER the augmentation, from the instance map and
+centers transformed by the sample's :class:`bestie.data.transforms.GeometricTransform`, so
+they are exact in the augmented frame rather than resampled.
 
 Coordinates: pixel (row i, column j) is centred at (x, y) = (j, i). Offsets are [2, H, W]
 with channel 0 = dy = cy - y and channel 1 = dx = cx - x. The torch functions follow the
@@ -11,23 +11,10 @@ device of their inputs and never synchronise with it.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import Tensor
 
-from bestie.data.transforms import GeometricTransform
-
-__all__ = [
-    "center_heatmap",
-    "center_loss_weight",
-    "offset_and_weight",
-    "render_targets",
-    "scaled_size",
-    "transform_points",
-    "transform_instances",
-]
+__all__ = ["center_heatmap", "center_loss_weight", "offset_and_weight", "render_targets"]
 
 
 def center_heatmap(
@@ -169,16 +156,6 @@ def render_targets(
     return {"center": center, "offset": offset, "weight": weight}
 
 
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """(round(H * scale), round(W * scale)) with Python's round, at least 1.
-
-    The size the image, its labels and its instances are resized to by the augmentation.
-    """
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale: must be a positive number, got {scale}")
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def center_loss_weight(weight: Tensor, semantic: Tensor, supervision: str, dense: bool) -> Tensor:
     """Where the center loss counts, [1, H, W], given the offset loss's ``weight`` [1, H, W].
 
@@ -189,7 +166,7 @@ def center_loss_weight(weight: Tensor, semantic: Tensor, supervision: str, dense
       on them and on the semantic map's background (``semantic == 0``: no object, so no
       center); it is unknown on rejected components, whose objects' centers are missing.
 
-    Without ``dense``, only on accepted instances (the instance-aware guidance of METHOD.md §3).
+    Without ``dense``, only on accepted instances (the instance-aware guidance of docs/method.md §3).
 
     Args:
         weight: [1, H, W] 1 on accepted instance pixels, 0 elsewhere.
@@ -200,87 +177,6 @@ def center_loss_weight(weight: Tensor, semantic: Tensor, supervision: str, dense
     if supervision in ("point", "full"):
         return torch.ones_like(weight)
     return torch.maximum(weight, (semantic == 0).to(weight.dtype)[None])
-
-
-def transform_points(
-    points_xy: np.ndarray,
-    size: tuple[int, int],
-    scale: float,
-    crop_box: tuple[int, int, int, int],
-    flip: bool,
-) -> np.ndarray:
-    """Map (x, y) points of an [H, W] image through scale, crop and horizontal flip.
-
-    A checked functional form of :meth:`GeometricTransform.apply_points`, the one the
-    training data uses.
-
-    Args:
-        points_xy: [N, 2] (x, y) in the original image.
-        size: (H, W) of the original image.
-        scale, crop_box, flip: as in :func:`transform_instances`.
-
-    Returns:
-        [N, 2] float32 (x, y) in the crop; they may lie outside it.
-    """
-    return _geometric(size, scale, crop_box, flip).apply_points(_check_points(points_xy, "points_xy"))
-
-
-def transform_instances(
-    instance_map: np.ndarray,
-    centers_xy: np.ndarray,
-    scale: float,
-    crop_box: tuple[int, int, int, int],
-    flip: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the training augmentation (scale, crop, horizontal flip) to instances.
-
-    A checked functional form of :class:`GeometricTransform`'s ``apply_labels`` (padding 0)
-    and ``apply_points``.
-
-    Args:
-        instance_map: [H, W] integer; 0 = none, k = instance k.
-        centers_xy: [N, 2] (x, y) instance centers.
-        scale: resize factor; the scaled size is :func:`scaled_size`. Resampling is
-            nearest-neighbour with pixel centers aligned (as ``F.interpolate(mode=
-            "nearest-exact")``): scaled pixel j reads source pixel floor((j + 0.5) * W / W').
-        crop_box: (x0, y0, x1, y1), exclusive end, in the scaled image. It may extend past
-            the scaled image; the outside reads 0 (no instance).
-        flip: mirror the crop horizontally (x -> (w - 1) - x).
-
-    Returns:
-        instance_map: [y1 - y0, x1 - x0], same dtype.
-        centers_xy: [N, 2] float32 (x, y) in the crop. Every instance keeps its row even if it
-            has no pixel left in the crop (its center may lie outside; its Gaussian tail
-            still belongs on the center map).
-    """
-    instance_map = np.asarray(instance_map)
-    if instance_map.ndim != 2:
-        raise ValueError(f"instance_map: expected a 2-D [H, W] map, got shape {instance_map.shape}")
-    transform = _geometric(instance_map.shape, scale, crop_box, flip)
-    return transform.apply_labels(instance_map, fill=0), transform.apply_points(_check_points(centers_xy, "centers_xy"))
-
-
-def _geometric(
-    size: tuple[int, int], scale: float, crop_box: tuple[int, int, int, int], flip: bool
-) -> GeometricTransform:
-    scaled_size(*size, scale)  # checks the scale
-    return GeometricTransform(tuple(size), scale, _check_crop_box(crop_box), flip)
-
-
-def _check_points(points_xy: np.ndarray, name: str) -> np.ndarray:
-    points_xy = np.asarray(points_xy)
-    if points_xy.ndim != 2 or points_xy.shape[1] != 2:
-        raise ValueError(f"{name}: expected shape [N, 2], got {points_xy.shape}")
-    return points_xy
-
-
-def _check_crop_box(crop_box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    if len(crop_box) != 4:
-        raise ValueError(f"crop_box: expected (x0, y0, x1, y1), got {crop_box!r}")
-    x0, y0, x1, y1 = (int(v) for v in crop_box)
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"crop_box: must have x1 > x0 and y1 > y0, got {crop_box!r}")
-    return x0, y0, x1, y1
 
 
 def _check_centers(

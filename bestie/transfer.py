@@ -1,4 +1,4 @@
-"""Semantic knowledge transfer: semantic map + points -> pseudo instance labels (METHOD.md §3).
+"""Semantic knowledge transfer: semantic map + points -> pseudo instance labels (docs/method.md §3).
 
 For every class c in a semantic map, each connected region of ``map == c + 1`` that is
 large enough and holds exactly one point of class c becomes an instance; regions with no
@@ -11,49 +11,21 @@ pixel (row i, column j) centred at (x, y) = (j, i).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
+
+from bestie.spatial import class_components
+from bestie.structures import IGNORE, PseudoLabel
 
 __all__ = [
-    "TransferResult",
     "semantic_knowledge_transfer",
     "instances_from_ground_truth",
     "filter_points",
 ]
 
-MAX_LABEL = 254  # map values 1..254 are classes 0..253; 0 is background, 255 void
+MAX_LABEL = IGNORE - 1  # map values 1..254 are classes 0..253; 0 is background, 255 void
 NUM_LABEL_VALUES = 256
-
-_STRUCTURES = {
-    8: np.ones((3, 3), dtype=bool),
-    4: ndimage.generate_binary_structure(2, 1),  # the 3x3 cross
-}
-
-
-@dataclass(frozen=True, eq=False)
-class TransferResult:
-    """The accepted pseudo instances of one image.
-
-    Attributes:
-        instance_map: [H, W] int32; 0 = no accepted instance, k = accepted instance k (1-based).
-        classes: [N] int64; class index of instance k at position k - 1.
-        centers: [N, 2] float32 (x, y) center of each instance.
-        rejected_no_point: components >= ``min_size`` without a point of their class.
-        rejected_multi_point: components >= ``min_size`` with two or more points of their class.
-    """
-
-    instance_map: np.ndarray
-    classes: np.ndarray
-    centers: np.ndarray
-    rejected_no_point: int = 0
-    rejected_multi_point: int = 0
-
-    @property
-    def num_instances(self) -> int:
-        return len(self.classes)
 
 
 def semantic_knowledge_transfer(
@@ -64,7 +36,7 @@ def semantic_knowledge_transfer(
     min_size: int = 50,
     center: Literal["centroid", "point"] = "centroid",
     connectivity: Literal[4, 8] = 8,
-) -> TransferResult:
+) -> PseudoLabel:
     """Turn a semantic map and instance points into accepted instances.
 
     Args:
@@ -86,10 +58,12 @@ def semantic_knowledge_transfer(
         raise ValueError(f"min_size: must be >= 0, got {min_size}")
     if center not in ("centroid", "point"):
         raise ValueError(f"center: must be 'centroid' or 'point', got {center!r}")
-    if connectivity not in _STRUCTURES:
+    if connectivity not in (4, 8):
         raise ValueError(f"connectivity: must be 4 or 8, got {connectivity!r}")
 
-    components, component_classes = _label_components(semantic_map, _STRUCTURES[connectivity])
+    # Every component of every class, numbered jointly; label 0 (outside any) has class -1.
+    components, classes = class_components(semantic_map.astype(np.uint8, copy=False), connectivity=connectivity)
+    component_classes = np.concatenate([np.array([-1], dtype=np.int64), classes])
     num_labels = len(component_classes)  # components + the background label 0
     sizes = np.bincount(components.ravel(), minlength=num_labels)
 
@@ -116,7 +90,7 @@ def semantic_knowledge_transfer(
         point_of_component[hit_components] = np.flatnonzero(counts_in_own)
         centers = points_xy[point_of_component[accepted_ids]].astype(np.float32)
 
-    return TransferResult(
+    return PseudoLabel(
         instance_map=instance_map,
         classes=component_classes[accepted_ids],
         centers=centers.reshape(-1, 2),
@@ -125,8 +99,8 @@ def semantic_knowledge_transfer(
     )
 
 
-def instances_from_ground_truth(object_map: np.ndarray, class_map: np.ndarray) -> TransferResult:
-    """Ground-truth instances as a :class:`TransferResult` (``supervision: full``).
+def instances_from_ground_truth(object_map: np.ndarray, class_map: np.ndarray) -> PseudoLabel:
+    """Ground-truth instances as a :class:`PseudoLabel` (``supervision: full``).
 
     Args:
         object_map: [H, W] integer map, 0 background, k object k (1..254), 255 void.
@@ -161,7 +135,7 @@ def instances_from_ground_truth(object_map: np.ndarray, class_map: np.ndarray) -
             f"class_map: object id(s) {object_ids[unlabelled].tolist()} have no class pixel"
         )
 
-    return TransferResult(
+    return PseudoLabel(
         instance_map=instance_map,
         classes=votes.argmax(axis=1).astype(np.int64) - 1,
         centers=_centroids(instance_map, num_instances),
@@ -185,30 +159,6 @@ def filter_points(
         raise ValueError(f"scores: expected shape {point_classes.shape}, got {scores.shape}")
     keep = scores > threshold
     return points_xy[keep], point_classes[keep]
-
-
-def _label_components(
-    semantic_map: np.ndarray, structure: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of every class, numbered jointly.
-
-    Returns:
-        components: [H, W] int32; 0 outside any class, j = component j (1-based), numbered
-            by class, then by ``ndimage.label`` order within the class.
-        component_classes: [J + 1] int64 class of each component; -1 for label 0.
-    """
-    values = np.unique(semantic_map)
-    values = values[(values >= 1) & (values <= MAX_LABEL)]
-    components = np.zeros(semantic_map.shape, dtype=np.int32)
-    component_classes = [np.array([-1], dtype=np.int64)]
-    num_components = 0
-    for value in values:  # a handful of classes per image; each pass is vectorised
-        labels, count = ndimage.label(semantic_map == value, structure=structure)
-        inside = labels > 0
-        components[inside] = labels[inside] + num_components
-        component_classes.append(np.full(count, int(value) - 1, dtype=np.int64))
-        num_components += count
-    return components, np.concatenate(component_classes)
 
 
 def _centroids(instance_map: np.ndarray, num_instances: int) -> np.ndarray:

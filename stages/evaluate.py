@@ -11,7 +11,7 @@ from bestie.config import Params
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.evaluate_split import predict_split, write_evaluation
-from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, settings_record
+from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, settings_from_params, settings_record
 from bestie.runtime import select_device
 from bestie.stage import run_stage
 
@@ -25,7 +25,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
     def predict(image, record):
         points = record.points if point_guided else None
-        return predict_instances(model, image, device, options, points=points)
+        return predict_instances(model, image, device, settings_from_params(options), points=points)
 
     predictions = predict_split(
         predict, VOCDataset(params.data.root, params.data.val_split), manifest.val, manifest.class_names,

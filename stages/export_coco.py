@@ -19,7 +19,7 @@ from bestie.config import Params
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.evaluation import evaluate_instances
-from bestie.inference import load_bestie, predict_instances
+from bestie.inference import load_bestie, predict_instances, settings_from_params
 from bestie.io import read_json, write_json, write_metrics
 from bestie.runtime import select_device
 from bestie.stage import run_stage
@@ -55,7 +55,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     images, annotations = [], []
     for record in tqdm(manifest.train, desc="export_coco", disable=None):
         instances = predict_instances(
-            model, voc.read_image(record.name), device, params.inference,
+            model, voc.read_image(record.name), device, settings_from_params(params.inference),
             points=record.points if point_guided else None,
         )
         keep = np.flatnonzero(instances.scores >= options.score_thresh)

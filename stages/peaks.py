@@ -16,12 +16,13 @@ from bestie.coco import decode_segmentation
 from bestie.config import Params
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import ImageRecord, Manifest, load_manifest
-from bestie.data.voc import GroundTruth, VOCDataset
+from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
 from bestie.io import atomic_dir, read_json, write_metrics
 from bestie.peaks import peak_statistics, predict_peaks, write_peaks
 from bestie.runtime import select_device
 from bestie.stage import run_stage
+from bestie.structures import GroundTruth
 
 
 def given_points(records: list[ImageRecord], manifest_path: str) -> list[np.ndarray]:

@@ -39,8 +39,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
         train = params.train
         voc = VOCDataset(params.data.root, params.data.train_split)
         dataset = BestieTrainDataset(
-            voc, manifest.train, params.supervision, manifest.num_classes, args.wsss,
-            args.pseudo_labels, train, min_size=params.pseudo_labels.min_size,
+            voc, manifest.train, params.supervision, manifest.num_classes, args.wsss, args.pseudo_labels,
+            crop_size=train.crop_size, scale_range=(train.scale_min, train.scale_max), sigma=train.sigma,
+            dense_center_loss=train.dense_center_loss, min_size=params.pseudo_labels.min_size,
         )
         model = BestieNet(
             manifest.num_classes, train.backbone, train.pretrained,

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from bestie.cam import confusion_matrix, iou_per_class, semantic_pseudo_labels
+from bestie.cam import confusion_matrix, iou_per_class
 from bestie.checkpoint import load_checkpoint
 from bestie.classification import classifier_from_checkpoint
 from bestie.config import Params
@@ -27,6 +27,7 @@ from bestie.models.pam import PeakAttention
 from bestie.runtime import select_device
 from bestie.stage import run_stage
 from bestie.visualize import colorize_labels, panels
+from bestie.wsss import semantic_pseudo_labels
 
 _PALETTE = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
 
@@ -75,7 +76,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
         for record in tqdm(manifest.train, desc="wsss", unit="image", disable=None):
             image = voc.read_image(record.name)
             classes = torch.tensor(record.labels, dtype=torch.int64, device=device)
-            maps = semantic_pseudo_labels(model, normalize(image).to(device), classes, cfg)
+            maps = semantic_pseudo_labels(
+                model, normalize(image).to(device), classes, scales=cfg.scales, flip=cfg.flip,
+                bg_threshold=cfg.bg_threshold, method=cfg.refine, texture_window=cfg.texture_window,
+                stride=cfg.refine_stride, dilations=cfg.dilations, iterations=cfg.iterations,
+                min_confidence=cfg.min_confidence,
+            )
             refined = maps.refined.cpu()
             write_label_png(Path(out_dir) / f"{record.name}.png", refined.numpy())
             ignored += int((refined == 255).sum())

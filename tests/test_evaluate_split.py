@@ -12,7 +12,7 @@ from bestie.data.prepare import prepare_dataset
 from bestie.data.voc import VOCDataset
 from bestie.evaluate_split import predict_split, write_evaluation
 from bestie.io import environment_versions
-from bestie.postprocess import Instances
+from bestie.structures import Instances
 
 METRIC_KEYS = {"voc_map25", "voc_map50", "voc_map70", "voc_map75", "coco_ap", "coco_ap50", "coco_ap75"}
 

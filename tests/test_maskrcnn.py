@@ -25,7 +25,7 @@ from bestie.data.coco_dataset import CocoInstances, collate_detection, masks_to_
 from bestie.distributed import DistContext
 from bestie.errors import BestieError
 from bestie.maskrcnn import MaskRCNNLosses, build_maskrcnn, predict_maskrcnn
-from bestie.postprocess import Instances
+from bestie.structures import Instances
 from bestie.training import LoopSettings, TrainState, build_optimizer, iteration_batches, poly_lr, train
 
 CLASSES = ("disc", "box")

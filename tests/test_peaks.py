@@ -3,19 +3,37 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from bestie.data.voc import GroundTruth
 from bestie.errors import BestieError
-from bestie.peaks import (
-    class_maps_with_flip,
-    extract_peaks,
-    flip_within_width,
-    peak_statistics,
-    read_peaks,
-    write_peaks,
-)
+from bestie.peaks import batch_peaks, peak_statistics, read_peaks, write_peaks
+from bestie.structures import GroundTruth
 
 RAW = dict(smooth_kernel=1, nms_kernel=3, max_per_class=25, score_thresh=0.1)
+
+
+class GivenCAMs(nn.Module):
+    """A stand-in classifier returning given class maps: ``cams`` [B, C, h, w] for a batch,
+    then ``mirrored`` [B, C, h, w] for its mirror images when the batch holds them too."""
+
+    def __init__(self, cams: torch.Tensor, mirrored: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cams, self.mirrored = cams, mirrored
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(images) == len(self.cams):
+            return {"cams": self.cams}
+        return {"cams": torch.cat([self.cams, self.mirrored])}
+
+
+def extract(cams, labels, sizes, *, flipped_cams=None, input_size=None, **options):
+    """Peaks of given class maps of a batch whose padded input is ``input_size`` (default:
+    the largest image)."""
+    labels, sizes = torch.as_tensor(labels), torch.as_tensor(sizes)
+    input_size = input_size or tuple(sizes.max(dim=0).values.tolist())
+    images = torch.zeros(len(cams), 3, *input_size)
+    model = GivenCAMs(cams, flipped_cams)
+    return batch_peaks(model, images, labels, sizes, flip=flipped_cams is not None, **options)
 
 
 def maps_with(shape: tuple[int, ...], values: dict[tuple[int, ...], float]) -> torch.Tensor:
@@ -27,10 +45,7 @@ def maps_with(shape: tuple[int, ...], values: dict[tuple[int, ...], float]) -> t
 
 
 def peaks_of(cams, labels, sizes, **options):
-    options = {**RAW, **options}
-    return extract_peaks(
-        cams, torch.tensor(labels), torch.tensor(sizes), **options
-    )
+    return extract(cams, labels, sizes, **{**RAW, **options})
 
 
 # Class 0 of a 16 x 16 image: peaks 1.0 at (x=3, y=4), 0.5 at (6, 4), 0.3 at (12, 12).
@@ -75,7 +90,7 @@ def test_only_the_image_classes_and_each_map_divided_by_its_max():
 def test_flip_averaging_mirrors_the_second_pass_back():
     cams = maps_with((1, 1, 8, 8), {(0, 0, 3, 2): 2.0})
     flipped = maps_with((1, 1, 8, 8), {(0, 0, 3, 2): 4.0})  # x = 2 in the mirror is x = 5 here
-    (peaks,) = extract_peaks(
+    (peaks,) = extract(
         cams, torch.tensor([[1]]), torch.tensor([[8, 8]]), flipped_cams=flipped, **RAW
     )
     np.testing.assert_allclose(peaks, [[2, 3, 0, 0.5], [5, 3, 0, 0.5]])
@@ -84,7 +99,7 @@ def test_flip_averaging_mirrors_the_second_pass_back():
 def test_flip_of_a_padded_image_stays_inside_its_width():
     # Image 1 is 6 px wide, padded to 8: its mirror of x = 1 is x = 4, not 6.
     cams = maps_with((2, 1, 8, 8), {(0, 0, 3, 1): 1.0, (1, 0, 3, 1): 1.0})
-    (wide, narrow) = extract_peaks(
+    (wide, narrow) = extract(
         cams, torch.tensor([[1], [1]]), torch.tensor([[8, 8], [8, 6]]), flipped_cams=cams, **RAW
     )
     np.testing.assert_allclose(wide[:, :2], [[1, 3], [6, 3]])
@@ -106,9 +121,9 @@ def test_a_padded_batch_gives_what_each_image_gives_alone():
     padded[:, 0, :, :7, :5], padded[:, 1] = small, large
     options = dict(smooth_kernel=3, nms_kernel=3, max_per_class=25, score_thresh=0.1)
     labels, sizes = torch.tensor([[1, 1], [1, 0]]), torch.tensor([[7, 5], [9, 9]])
-    batch = extract_peaks(padded[0], labels, sizes, flipped_cams=padded[1], **options)
-    alone_small = extract_peaks(small[:1], labels[:1], sizes[:1], flipped_cams=small[1:], **options)
-    alone_large = extract_peaks(large[:1], labels[1:], sizes[1:], flipped_cams=large[1:], **options)
+    batch = extract(padded[0], labels, sizes, flipped_cams=padded[1], **options)
+    alone_small = extract(small[:1], labels[:1], sizes[:1], flipped_cams=small[1:], **options)
+    alone_large = extract(large[:1], labels[1:], sizes[1:], flipped_cams=large[1:], **options)
     np.testing.assert_allclose(batch[0], alone_small[0], rtol=1e-5)
     np.testing.assert_allclose(batch[1], alone_large[0], rtol=1e-5)
     assert len(batch[0]) > 2 and (batch[1][:, 2] == 0).all()
@@ -117,23 +132,6 @@ def test_a_padded_batch_gives_what_each_image_gives_alone():
 def test_even_kernels_are_refused():
     with pytest.raises(ValueError, match="nms_kernel"):
         peaks_of(THREE, [[1]], [[16, 16]], nms_kernel=4)
-
-
-def test_flip_within_width_and_model_passes():
-    x = torch.arange(8.0).view(1, 1, 1, 8).repeat(2, 1, 1, 1)
-    flipped = flip_within_width(x, torch.tensor([8, 5]))
-    assert flipped[0, 0, 0].tolist() == [7, 6, 5, 4, 3, 2, 1, 0]
-    assert flipped[1, 0, 0].tolist() == [4, 3, 2, 1, 0, 5, 6, 7]
-
-    class Echo(torch.nn.Module):
-        def forward(self, images):
-            return {"cams": images[:, :1]}
-
-    images = torch.rand(2, 3, 4, 8)
-    cams, mirror = class_maps_with_flip(Echo(), images, torch.tensor([8, 5]))
-    assert torch.equal(cams, images[:, :1])
-    assert torch.equal(mirror, flip_within_width(images[:, :1], torch.tensor([8, 5])))
-    assert class_maps_with_flip(Echo(), images, torch.tensor([8, 5]), flip=False)[1] is None
 
 
 def ground_truth() -> GroundTruth:

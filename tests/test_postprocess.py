@@ -1,4 +1,4 @@
-"""Post-processing (METHOD.md §7) and the grouping primitives, on hand-built outputs."""
+"""Post-processing (docs/method.md §7), on hand-built outputs."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bestie.postprocess import (
-    Instances,
-    group_pixels,
-    max_filter,
-    merge_flip,
-    postprocess,
-    postprocess_batch,
-)
+from bestie.postprocess import merge_flip, postprocess
+from bestie.structures import Instances
 
 S, C = 64, 2  # network resolution S x S, two classes
 YS = torch.arange(S, dtype=torch.float32)[:, None].expand(S, S)
@@ -184,54 +178,12 @@ def test_empty_prediction_has_correctly_shaped_arrays():
     assert result.scores.shape == (0,) and result.scores.dtype == np.float32
 
 
-def test_postprocess_batch_matches_single_images():
-    first, second = scene(), scene()
-    second["center"].zero_()
-    outputs = {k: torch.stack([first[k], second[k]]) for k in first}
-    results = postprocess_batch(outputs, [(S, S), (50, 70)], min_size=30)
-    for result, single, size in zip(results, (first, second), [(S, S), (50, 70)]):
-        expected = run(single, image_size=size, min_size=30)
-        np.testing.assert_array_equal(result.masks, expected.masks)
-        np.testing.assert_array_equal(result.classes, expected.classes)
-        np.testing.assert_array_equal(result.scores, expected.scores)
-    with pytest.raises(ValueError, match="image_sizes"):
-        postprocess_batch(outputs, [(S, S)])
-
-
 def test_bad_output_shapes_are_rejected():
     outputs = scene()
     with pytest.raises(ValueError, match="seg_logits"):
         postprocess(outputs["seg"][:C], outputs["center"], outputs["offset"], image_size=(S, S))
     with pytest.raises(ValueError, match="seg_logits"):
         postprocess(outputs["seg"], outputs["center"], outputs["offset"][:1], image_size=(S, S))
-
-
-# --------------------------------------------------------------------------------------
-# primitives
-# --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kernel", [1, 3, 5, 15, 41])
-def test_max_filter_equals_max_pool(kernel: int):
-    x = torch.randn(3, 37, 50)
-    expected = F.max_pool2d(x[None], kernel, stride=1, padding=kernel // 2)[0]
-    assert torch.equal(max_filter(x, kernel), expected)
-
-
-def test_max_filter_rejects_even_kernels():
-    with pytest.raises(ValueError, match="kernel"):
-        max_filter(torch.zeros(4, 4), 4)
-
-
-def test_group_pixels_nearest_center_of_own_group():
-    votes = torch.tensor([[0.0, 0.0], [0.0, 9.0], [0.0, 5.0], [0.0, 0.0], [3.0, 3.0]])
-    pixel_group = torch.tensor([0, 0, 0, 1, 2])
-    centers = torch.tensor([[0.0, 10.0], [0.0, 1.0], [0.0, 2.0], [0.0, 0.0]])
-    center_group = torch.tensor([0, 0, 1, 3])
-    owner = group_pixels(votes, pixel_group, centers, center_group, num_groups=4)
-    # pixel 2 is 4 from center 1 and 5 from center 0; pixel 3 may only use center 2 (its
-    # group), although center 3 is nearer; group 2 has no center.
-    assert owner.tolist() == [1, 0, 1, 2, -1]
 
 
 def test_higher_peak_outside_a_component_does_not_suppress_the_peak_inside():
@@ -261,31 +213,3 @@ def test_higher_peak_outside_a_component_does_not_suppress_the_peak_inside():
         np.testing.assert_array_equal(mask, expected.numpy())
     probability = mean_prob(seg, left, 0)
     np.testing.assert_allclose(result.scores, [0.9 * probability, 0.6 * probability, 0.5 * probability], rtol=1e-5)
-
-
-def test_component_peaks_match_a_per_component_max_pool():
-    """The batched crop computation equals masking each component and max-pooling the whole map."""
-    from bestie.postprocess import component_peaks
-
-    generator = torch.Generator().manual_seed(0)
-    batch, classes, height, width, slots = 2, 3, 40, 36, 5
-    center = torch.rand(batch, classes, height, width, generator=generator)
-    component_map = torch.randint(0, slots, (batch, height, width), generator=generator)
-    class_of = torch.randint(0, classes, (batch * slots,), generator=generator)
-    class_of[::slots] = -1
-    pixel_component = component_map + torch.arange(batch)[:, None, None] * slots
-    b, y, x = (component_map > 0).nonzero(as_tuple=True)
-    group = pixel_component[b, y, x]
-    peak_y, peak_x, peak_group, score = component_peaks(
-        center, pixel_component, class_of, group, y, x, num_slots=slots, threshold=0.5, nms_kernel=7
-    )
-    found = set(zip(peak_group.tolist(), peak_y.tolist(), peak_x.tolist()))
-    expected = set()
-    for g in torch.unique(group).tolist():
-        inside = pixel_component[g // slots] == g
-        masked = torch.where(inside, center[g // slots, class_of[g]], float("-inf"))
-        pooled = F.max_pool2d(masked[None, None], 7, stride=1, padding=3)[0, 0]
-        ys, xs = ((masked == pooled) & (masked > 0.5) & inside).nonzero(as_tuple=True)
-        expected |= {(g, int(py), int(px)) for py, px in zip(ys, xs)}
-    assert found == expected and len(found) > 10
-    torch.testing.assert_close(score, center[peak_group // slots, class_of[peak_group], peak_y, peak_x])

@@ -1,4 +1,4 @@
-"""Self-refinement (METHOD.md §6) on hand-built predictions: no network."""
+"""Self-refinement (docs/method.md §6) on hand-built predictions: no network."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bestie.refine import refine_image_level, refine_point_level, wsss_components
+from bestie.refine import refine_image_level, refine_point_level
 from bestie.targets import center_heatmap
 
 H, W, C = 32, 64, 3
@@ -323,48 +323,6 @@ def test_point_level_bad_inputs_are_rejected():
         refine_point_level(offset, semantic, torch.zeros(1, 2, 3), torch.tensor([[0, 0]]), C)
     with pytest.raises(ValueError, match="semantic_map"):
         refine_point_level(offset, semantic[:, :5], torch.zeros(1, 1, 2), torch.tensor([[0]]), C)
-
-
-# --------------------------------------------------------------------------------------
-# wsss_components
-# --------------------------------------------------------------------------------------
-
-
-def test_wsss_components_per_class_eight_connected_and_filtered():
-    semantic = np.zeros((40, 40), np.uint8)
-    semantic[0:10, 0:10] = 1  # class 0, 100 px
-    semantic[10:20, 10:20] = 1  # touches the first only at a corner: same 8-connected component
-    semantic[0:10, 30:40] = 2  # class 1, 100 px
-    semantic[10:20, 30:40] = 3  # class 2 touching class 1: a separate component
-    semantic[30:36, 30:38] = 2  # class 1, 48 px: dropped
-    semantic[25:40, 0:10] = 4  # class 3, not an image class: ignored
-    semantic[20:22, 0:40] = 255
-    component_map, component_class = wsss_components(semantic, image_classes=[2, 0, 1], min_size=50)
-    assert component_map.dtype == np.int32 and component_map.shape == semantic.shape
-    assert component_class.dtype == np.int64
-    assert component_class.tolist() == [0, 1, 2]
-    expected = np.zeros((40, 40), np.int32)
-    expected[0:10, 0:10] = expected[10:20, 10:20] = 1
-    expected[0:10, 30:40] = 2
-    expected[10:20, 30:40] = 3
-    np.testing.assert_array_equal(component_map, expected)
-
-
-def test_wsss_components_min_size_is_inclusive_and_empty_map_is_fine():
-    semantic = np.zeros((20, 20), np.uint8)
-    semantic[0:5, 0:10] = 1  # exactly 50 px
-    semantic[10:14, 0:12] = 1  # 48 px
-    component_map, component_class = wsss_components(semantic, [0])
-    assert component_class.tolist() == [0] and (component_map == 1).sum() == 50
-    component_map, component_class = wsss_components(np.zeros((5, 5), np.uint8), [0, 1])
-    assert component_map.max() == 0 and component_class.shape == (0,)
-
-
-def test_wsss_components_rejects_a_non_uint8_map():
-    with pytest.raises(ValueError, match="semantic_map"):
-        wsss_components(np.zeros((5, 5), np.int64), [0])
-    with pytest.raises(ValueError, match="semantic_map"):
-        wsss_components(np.zeros((2, 5, 5), np.uint8), [0])
 
 
 def test_higher_peak_of_a_neighbouring_component_does_not_suppress_this_one():

@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bestie.targets import (
-    center_heatmap,
-    center_loss_weight,
-    offset_and_weight,
-    render_targets,
-    scaled_size,
-    transform_instances,
-    transform_points,
-)
+from bestie.data.transforms import GeometricTransform
+from bestie.targets import center_heatmap, center_loss_weight, offset_and_weight, render_targets
 from bestie.transfer import semantic_knowledge_transfer
 
 
@@ -204,67 +197,14 @@ def test_targets_stay_on_the_input_device():
 
 # --- augmentation -----------------------------------------------------------------------------
 
-def test_scaled_size_rounds():
-    assert scaled_size(100, 50, 1.5) == (150, 75)
-    assert scaled_size(10, 7, 0.5) == (5, 4)  # round(3.5) = 4
-    assert scaled_size(3, 3, 0.01) == (1, 1)
+def _augment(instance_map: np.ndarray, centers: np.ndarray, scale: float, crop, flip: bool):
+    """What the training data loader does to a pseudo label: one transform for its map and centers."""
+    transform = GeometricTransform(instance_map.shape, scale, crop, flip)
+    return transform.apply_labels(instance_map, fill=0), transform.apply_points(centers)
 
 
-def test_transform_points_formula():
-    # 10x20 image scaled by 1.5 -> 15x30, crop (4, 2, 24, 12) of width 20, then flip.
-    points = np.array([[0.0, 0.0], [19.0, 9.0], [3.2, 4.7]])
-    x = (points[:, 0] + 0.5) * 1.5 - 0.5 - 4
-    y = (points[:, 1] + 0.5) * 1.5 - 0.5 - 2
-    crop = (4, 2, 24, 12)
-    moved = transform_points(points, (10, 20), 1.5, crop, False)
-    np.testing.assert_allclose(moved, np.stack([x, y], 1), rtol=1e-6)
-    moved = transform_points(points, (10, 20), 1.5, crop, True)
-    np.testing.assert_allclose(moved, np.stack([19 - x, y], 1), rtol=1e-6)
-
-
-def test_transform_instances_scales_crops_pads_and_flips():
-    instance_map = np.array([[1, 2], [3, 0]], np.uint8)
-    centers = np.array([[0.0, 0.0], [1.0, 0.0]])
-    out, moved = transform_instances(instance_map, centers, 2.0, (-1, 0, 4, 3), flip=False)
-    expected = np.array([[0, 1, 1, 2, 2], [0, 1, 1, 2, 2], [0, 3, 3, 0, 0]], np.uint8)
-    np.testing.assert_array_equal(out, expected)
-    assert out.dtype == np.uint8
-    np.testing.assert_allclose(moved, [[1.5, 0.5], [3.5, 0.5]])
-
-    out, moved = transform_instances(instance_map, centers, 2.0, (-1, 0, 4, 3), flip=True)
-    np.testing.assert_array_equal(out, expected[:, ::-1])
-    np.testing.assert_allclose(moved, [[2.5, 0.5], [0.5, 0.5]])
-
-
-def test_vanished_instances_keep_their_row():
-    instance_map = np.zeros((10, 10), np.int32)
-    instance_map[0:2, 0:2] = 1
-    instance_map[6:10, 6:10] = 2
-    centers = np.array([[0.5, 0.5], [7.5, 7.5]])
-    out, centers = transform_instances(instance_map, centers, 1.0, (5, 5, 10, 10), False)
-    assert centers.shape == (2, 2) and not (out == 1).any()
-    np.testing.assert_allclose(centers[0], [-4.5, -4.5])
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_every_pixel_follows_its_point_under_upscaling(seed):
-    # For scale >= 1, the pixel a transformed pixel-center point lands on holds that pixel's label.
-    rng = np.random.default_rng(seed)
-    height, width = rng.integers(8, 20, size=2)
-    instance_map = rng.integers(0, 50, size=(height, width))
-    scale = rng.uniform(1.0, 2.0)
-    out_h, out_w = scaled_size(height, width, scale)
-    x0, y0 = rng.integers(-4, 4), rng.integers(-4, 4)
-    crop = (x0, y0, x0 + rng.integers(5, out_w + 6), y0 + rng.integers(5, out_h + 6))
-    flip = bool(rng.integers(2))
-    ys, xs = np.mgrid[0:height, 0:width]
-    points = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
-
-    out, moved = transform_instances(instance_map, points, scale, crop, flip)
-    cols, rows = np.floor(moved[:, 0] + 0.5).astype(int), np.floor(moved[:, 1] + 0.5).astype(int)
-    visible = (cols >= 0) & (cols < out.shape[1]) & (rows >= 0) & (rows < out.shape[0])
-    assert visible.sum() > 10
-    np.testing.assert_array_equal(out[rows[visible], cols[visible]], instance_map.ravel()[visible])
+def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    return GeometricTransform((height, width), scale, (0, 0, 1, 1), False).scaled_size
 
 
 def _random_scene(
@@ -304,21 +244,21 @@ def test_targets_commute_with_crop_and_flip(seed):
     semantic, points, classes = _random_scene(rng, 64, 80)
     result = semantic_knowledge_transfer(semantic, points, classes, min_size=1, center="centroid")
     scale = rng.uniform(0.6, 1.6)
-    out_h, out_w = scaled_size(64, 80, scale)
+    out_h, out_w = _scaled_size(64, 80, scale)
     # A crop around the first instance; it may run past the scaled image.
     whole = (0, 0, out_w, out_h)
-    center_x, center_y = transform_points(result.centers[:1], (64, 80), scale, whole, False)[0]
+    center_x, center_y = GeometricTransform((64, 80), scale, whole, False).apply_points(result.centers[:1])[0]
     x0 = int(center_x) - 24 + int(rng.integers(-20, 20))
     y0 = int(center_y) - 20 + int(rng.integers(-20, 20))
     crop = (x0, y0, x0 + 48, y0 + 40)
     flip = bool(seed % 2)
 
-    moved = transform_instances(result.instance_map, result.centers, scale, crop, flip)
+    moved = _augment(result.instance_map, result.centers, scale, crop, flip)
     cropped = _render(*moved, result.classes)
     assert cropped["weight"].any()  # some instance is in view
     pad = 60
     canvas_box = (-pad, -pad, out_w + pad, out_h + pad)
-    moved = transform_instances(result.instance_map, result.centers, scale, canvas_box, False)
+    moved = _augment(result.instance_map, result.centers, scale, canvas_box, False)
     canvas = _render(*moved, result.classes)
     for key, target in canvas.items():
         expected = target[:, y0 + pad:y0 + pad + 40, x0 + pad:x0 + pad + 48]
@@ -339,11 +279,11 @@ def test_point_centers_after_augmentation(seed):
     semantic, points, classes = _random_scene(rng, 64, 80)
     result = semantic_knowledge_transfer(semantic, points, classes, min_size=1, center="point")
     scale = rng.uniform(0.8, 1.6)
-    out_h, out_w = scaled_size(64, 80, scale)
+    out_h, out_w = _scaled_size(64, 80, scale)
     crop = (-5, -3, out_w + 4, out_h + 2)
     flip = bool(seed % 2)
 
-    moved = transform_instances(result.instance_map, result.centers, scale, crop, flip)
+    moved = _augment(result.instance_map, result.centers, scale, crop, flip)
     instance_map, centers = moved
     x = (result.centers[:, 0] + 0.5) * out_w / 80 - 0.5 + 5
     y = (result.centers[:, 1] + 0.5) * out_h / 64 - 0.5 + 3
@@ -371,11 +311,11 @@ def test_centroid_centers_after_scaling_move_less_than_a_pixel(seed):
     semantic, points, classes = _random_scene(rng, 64, 80)
     result = semantic_knowledge_transfer(semantic, points, classes, min_size=1, center="centroid")
     scale = rng.uniform(0.6, 1.6)
-    out_h, out_w = scaled_size(64, 80, scale)
+    out_h, out_w = _scaled_size(64, 80, scale)
     flip = bool(seed % 2)
     crop = (-6, -4, out_w + 3, out_h + 5)  # every instance stays whole
 
-    moved = transform_instances(result.instance_map, result.centers, scale, crop, flip)
+    moved = _augment(result.instance_map, result.centers, scale, crop, flip)
     instance_map, centers = moved
     recomputed = np.array(
         [[np.nonzero(instance_map == k)[1].mean(), np.nonzero(instance_map == k)[0].mean()]
@@ -414,9 +354,3 @@ def test_bad_input_is_rejected():
         render_targets(
             no_instances, torch.zeros(0, 2), no_classes, 2, extra_centers_xy=torch.zeros(1, 2)
         )
-    with pytest.raises(ValueError, match="crop_box"):
-        transform_instances(np.zeros((4, 4)), np.zeros((0, 2)), 1.0, (2, 0, 2, 4), False)
-    with pytest.raises(ValueError, match="scale"):
-        transform_instances(np.zeros((4, 4)), np.zeros((0, 2)), 0.0, (0, 0, 4, 4), False)
-    with pytest.raises(ValueError, match="points_xy"):
-        transform_points(np.zeros(3), (4, 4), 1.0, (0, 0, 4, 4), False)

@@ -1,4 +1,4 @@
-"""Semantic knowledge transfer (METHOD.md §3): every rule pinned on hand-built maps."""
+"""Semantic knowledge transfer (docs/method.md §3): every rule pinned on hand-built maps."""
 
 from __future__ import annotations
 
@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bestie.transfer import (
-    TransferResult,
-    filter_points,
-    instances_from_ground_truth,
-    semantic_knowledge_transfer,
-)
+from bestie.structures import PseudoLabel
+from bestie.transfer import filter_points, instances_from_ground_truth, semantic_knowledge_transfer
 
 
 def _map(height: int, width: int, *boxes: tuple[int, int, int, int, int]) -> np.ndarray:
@@ -22,7 +18,7 @@ def _map(height: int, width: int, *boxes: tuple[int, int, int, int, int]) -> np.
     return semantic
 
 
-def _transfer(semantic, points, classes, **kwargs) -> TransferResult:
+def _transfer(semantic, points, classes, **kwargs) -> PseudoLabel:
     return semantic_knowledge_transfer(
         semantic,
         np.array(points, dtype=np.float32).reshape(-1, 2),

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from bestie.data.transforms import (
-    IGNORE,
     MEAN_RGB,
     ColorJitter,
     GeometricTransform,
@@ -13,6 +12,7 @@ from bestie.data.transforms import (
     sample_color_jitter,
     sample_geometric,
 )
+from bestie.structures import IGNORE
 
 H, W = 40, 50
 
@@ -22,6 +22,12 @@ def blob_labels(x: int, y: int, radius: int = 2) -> np.ndarray:
     labels = np.zeros((H, W), np.uint8)
     labels[y - radius : y + radius + 1, x - radius : x + radius + 1] = 1
     return labels
+
+
+def in_crop(point: np.ndarray, transform: GeometricTransform) -> bool:
+    """Does the (x, y) point round to a pixel of the transform's crop?"""
+    x0, y0, x1, y1 = transform.crop_box
+    return -0.5 <= point[0] < x1 - x0 - 0.5 and -0.5 <= point[1] < y1 - y0 - 0.5
 
 
 def centroid(weights: np.ndarray) -> np.ndarray:
@@ -65,7 +71,7 @@ def test_points_follow_image_and_labels_under_random_transforms(seed):
     transform = sample_geometric(rng, (H, W), 36, (0.7, 1.6))
     while True:  # the blob must stay inside the crop for a centroid to make sense
         point = transform.apply_points([[x, y]])
-        if transform.inside(point)[0] and (transform.apply_labels(labels) == 1).sum() >= 9:
+        if in_crop(point[0], transform) and (transform.apply_labels(labels) == 1).sum() >= 9:
             break
         transform = sample_geometric(rng, (H, W), 36, (0.7, 1.6))
     expected = point[0]
@@ -118,7 +124,82 @@ def test_nearest_resize_keeps_label_values_and_size():
 
 def test_size_mismatch_is_an_error():
     with pytest.raises(ValueError, match="size"):
-        GeometricTransform.identity((H, W)).apply_labels(np.zeros((W, H), np.uint8))
+        GeometricTransform((H, W), 1.0, (0, 0, W, H), False).apply_labels(np.zeros((W, H), np.uint8))
+
+
+# --- a pseudo label's instance map and centers, as the training data loader augments them --------
+
+
+def _augment(instance_map: np.ndarray, centers: np.ndarray, scale: float, crop, flip: bool):
+    transform = GeometricTransform(instance_map.shape, scale, crop, flip)
+    return transform.apply_labels(instance_map, fill=0), transform.apply_points(centers)
+
+
+def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    return GeometricTransform((height, width), scale, (0, 0, 1, 1), False).scaled_size
+
+
+def test_scaled_size_rounds():
+    assert _scaled_size(100, 50, 1.5) == (150, 75)
+    assert _scaled_size(10, 7, 0.5) == (5, 4)  # round(3.5) = 4
+    assert _scaled_size(3, 3, 0.01) == (1, 1)
+
+
+def test_transform_points_formula():
+    # 10x20 image scaled by 1.5 -> 15x30, crop (4, 2, 24, 12) of width 20, then flip.
+    points = np.array([[0.0, 0.0], [19.0, 9.0], [3.2, 4.7]])
+    x = (points[:, 0] + 0.5) * 1.5 - 0.5 - 4
+    y = (points[:, 1] + 0.5) * 1.5 - 0.5 - 2
+    crop = (4, 2, 24, 12)
+    moved = GeometricTransform((10, 20), 1.5, crop, False).apply_points(points)
+    np.testing.assert_allclose(moved, np.stack([x, y], 1), rtol=1e-6)
+    moved = GeometricTransform((10, 20), 1.5, crop, True).apply_points(points)
+    np.testing.assert_allclose(moved, np.stack([19 - x, y], 1), rtol=1e-6)
+
+
+def test_instances_scale_crop_pad_and_flip():
+    instance_map = np.array([[1, 2], [3, 0]], np.uint8)
+    centers = np.array([[0.0, 0.0], [1.0, 0.0]])
+    out, moved = _augment(instance_map, centers, 2.0, (-1, 0, 4, 3), flip=False)
+    expected = np.array([[0, 1, 1, 2, 2], [0, 1, 1, 2, 2], [0, 3, 3, 0, 0]], np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.uint8
+    np.testing.assert_allclose(moved, [[1.5, 0.5], [3.5, 0.5]])
+
+    out, moved = _augment(instance_map, centers, 2.0, (-1, 0, 4, 3), flip=True)
+    np.testing.assert_array_equal(out, expected[:, ::-1])
+    np.testing.assert_allclose(moved, [[2.5, 0.5], [0.5, 0.5]])
+
+
+def test_vanished_instances_keep_their_row():
+    instance_map = np.zeros((10, 10), np.int32)
+    instance_map[0:2, 0:2] = 1
+    instance_map[6:10, 6:10] = 2
+    centers = np.array([[0.5, 0.5], [7.5, 7.5]])
+    out, centers = _augment(instance_map, centers, 1.0, (5, 5, 10, 10), False)
+    assert centers.shape == (2, 2) and not (out == 1).any()
+    np.testing.assert_allclose(centers[0], [-4.5, -4.5])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_pixel_follows_its_point_under_upscaling(seed):
+    # For scale >= 1, the pixel a transformed pixel-center point lands on holds that pixel's label.
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(8, 20, size=2)
+    instance_map = rng.integers(0, 50, size=(height, width))
+    scale = rng.uniform(1.0, 2.0)
+    out_h, out_w = _scaled_size(height, width, scale)
+    x0, y0 = rng.integers(-4, 4), rng.integers(-4, 4)
+    crop = (x0, y0, x0 + rng.integers(5, out_w + 6), y0 + rng.integers(5, out_h + 6))
+    flip = bool(rng.integers(2))
+    ys, xs = np.mgrid[0:height, 0:width]
+    points = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+
+    out, moved = _augment(instance_map, points, scale, crop, flip)
+    cols, rows = np.floor(moved[:, 0] + 0.5).astype(int), np.floor(moved[:, 1] + 0.5).astype(int)
+    visible = (cols >= 0) & (cols < out.shape[1]) & (rows >= 0) & (rows < out.shape[0])
+    assert visible.sum() > 10
+    np.testing.assert_array_equal(out[rows[visible], cols[visible]], instance_map.ravel()[visible])
 
 
 def test_color_jitter():

@@ -3,7 +3,7 @@
 A sample is keyed by ``(index, seed)``: the seed fixes its augmentation, so a batch is a
 pure function of the sampler's plan and training resumes exactly (see ``bestie.training``).
 Targets are rendered after the augmentation from the transformed instance map and centers,
-so their geometry is exact (METHOD.md §3).
+so their geometry is exact (docs/method.md §3).
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bestie.config import TrainParams
 from bestie.data.manifest import ImageRecord
 from bestie.data.png import read_label_png
 from bestie.data.transforms import normalize, sample_color_jitter, sample_geometric
 from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
 from bestie.pseudo_labels import load_pseudo_label, load_records
-from bestie.refine import wsss_components
+from bestie.spatial import class_components
 from bestie.targets import center_loss_weight, render_targets
 
 __all__ = ["BestieTrainDataset", "collate_samples"]
@@ -40,7 +39,10 @@ class BestieTrainDataset(Dataset):
         semantic_dir: WSSS maps (``<name>.png``); unused with ``full``, which trains on the
             ground-truth class maps.
         pseudo_dir: the ``pseudo_labels`` stage output.
-        params: crop size, scale range, Gaussian sigma.
+        crop_size: side of the square training crops.
+        scale_range: (min, max) of the random rescaling.
+        sigma: Gaussian sigma of the rendered centers, in pixels.
+        dense_center_loss: see :func:`bestie.targets.center_loss_weight`.
         min_size: smallest WSSS component self-refinement works in.
 
     A sample is a dict of tensors:
@@ -59,8 +61,12 @@ class BestieTrainDataset(Dataset):
         num_classes: int,
         semantic_dir: str | os.PathLike,
         pseudo_dir: str | os.PathLike,
-        params: TrainParams,
-        min_size: int = 50,
+        *,
+        crop_size: int,
+        scale_range: tuple[float, float],
+        sigma: float,
+        dense_center_loss: bool,
+        min_size: int,
     ):
         self.voc = voc
         self.records = list(records)
@@ -68,7 +74,10 @@ class BestieTrainDataset(Dataset):
         self.num_classes = num_classes
         self.semantic_dir = Path(semantic_dir)
         self.pseudo_dir = Path(pseudo_dir)
-        self.params = params
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+        self.sigma = sigma
+        self.dense_center_loss = dense_center_loss
         self.min_size = min_size
         self.pseudo_records = load_records(pseudo_dir)
         missing = [r.name for r in self.records if r.name not in self.pseudo_records]
@@ -96,10 +105,7 @@ class BestieTrainDataset(Dataset):
         semantic = self._semantic_map(record)
         pseudo = load_pseudo_label(self.pseudo_dir, record.name, self.pseudo_records[record.name])
 
-        params = self.params
-        transform = sample_geometric(
-            rng, image.shape[:2], params.crop_size, (params.scale_min, params.scale_max)
-        )
+        transform = sample_geometric(rng, image.shape[:2], self.crop_size, self.scale_range)
         image = sample_color_jitter(rng)(transform.apply_image(image))
         semantic = transform.apply_labels(semantic)
         instance_map = transform.apply_labels(pseudo.instance_map, fill=0)
@@ -116,16 +122,17 @@ class BestieTrainDataset(Dataset):
             torch.from_numpy(centers),
             torch.from_numpy(pseudo.classes),
             self.num_classes,
-            sigma=params.sigma,
+            sigma=self.sigma,
             **extra,
         )
         semantic_labels = torch.from_numpy(semantic.astype(np.int64))
         targets["center_weight"] = center_loss_weight(
-            targets["weight"], semantic_labels, self.supervision, params.dense_center_loss
+            targets["weight"], semantic_labels, self.supervision, self.dense_center_loss
         )
         sample = {"image": normalize(image), "semantic": semantic_labels, **targets}
         if self.supervision == "cls":
-            component_map, component_class = wsss_components(semantic, record.labels, self.min_size)
+            # The WSSS components refinement works in, of the augmented map.
+            component_map, component_class = class_components(semantic, record.labels, min_size=self.min_size)
             sample["component_map"] = torch.from_numpy(component_map.astype(np.int64))
             sample["component_class"] = torch.from_numpy(component_class.astype(np.int64))
         elif self.supervision == "point":

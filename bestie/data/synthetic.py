@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from bestie.config import SynthesizeParams
 from bestie.data.png import read_label_png, write_label_png
+from bestie.structures import IGNORE
 
 __all__ = [
     "CLASS_NAMES",
@@ -49,7 +50,6 @@ __all__ = [
 
 CLASS_NAMES = ("disc", "box", "triangle", "star", "ring", "cross")
 SPLITS = ("train", "val")
-VOID = 255
 
 # An instance is kept only if occlusion leaves this much of it visible.
 MIN_VISIBLE_FRACTION = 0.5
@@ -495,15 +495,15 @@ def _label_maps(
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Object and class maps with the void band; instances it shrinks too far become void."""
     objects = owner.copy()
-    objects[void_band(owner, void_width)] = VOID
+    objects[void_band(owner, void_width)] = IGNORE
     counts = np.bincount(objects.ravel(), minlength=256)[1 : len(classes) + 1]
     kept = np.flatnonzero(counts >= MIN_LABELLED_PIXELS)
-    relabel = np.full(256, VOID, dtype=np.uint8)
+    relabel = np.full(256, IGNORE, dtype=np.uint8)
     relabel[0] = 0
     relabel[kept + 1] = np.arange(1, len(kept) + 1)
     objects = relabel[objects]
     kept_classes = [int(classes[k]) for k in kept]
-    to_class = np.full(256, VOID, dtype=np.uint8)
+    to_class = np.full(256, IGNORE, dtype=np.uint8)
     to_class[0] = 0
     to_class[1 : len(kept) + 1] = np.asarray(kept_classes, dtype=np.uint8) + 1
     return objects, to_class[objects], kept_classes
@@ -555,7 +555,7 @@ def _annotation(
     for key, value in (("width", width), ("height", height), ("depth", 3)):
         ET.SubElement(size, key).text = str(value)
     ET.SubElement(root, "segmented").text = "1"
-    instances = np.where(sample.object_map == VOID, 0, sample.object_map)
+    instances = np.where(sample.object_map == IGNORE, 0, sample.object_map)
     boxes = ndimage.find_objects(instances, len(sample.classes))
     for class_index, (rows, cols) in zip(sample.classes, boxes):
         obj = ET.SubElement(root, "object")
@@ -598,7 +598,7 @@ def generate(root: str | os.PathLike, params: SynthesizeParams) -> None:
 # -- statistics --------------------------------------------------------------------------
 def _has_touching_pair(class_map: np.ndarray, object_map: np.ndarray, void_width: int) -> bool:
     """Whether two instances of one class are separated by at most the void band."""
-    ids = np.flatnonzero(np.bincount(object_map.ravel(), minlength=256)[1:VOID]) + 1
+    ids = np.flatnonzero(np.bincount(object_map.ravel(), minlength=256)[1:IGNORE]) + 1
     instance_class = np.zeros(256, dtype=np.uint8)
     instance_class[object_map.ravel()] = class_map.ravel()
     reach = np.ones((3, 3), dtype=bool)
@@ -634,13 +634,13 @@ def dataset_statistics(
                 f"class map {class_map.shape} and object map {object_map.shape} differ in size"
             )
         counts = np.bincount(object_map.ravel(), minlength=256)
-        sizes = counts[1:VOID][counts[1:VOID] > 0]
-        present = np.bincount(class_map.ravel(), minlength=256)[1:VOID]
+        sizes = counts[1:IGNORE][counts[1:IGNORE] > 0]
+        present = np.bincount(class_map.ravel(), minlength=256)[1:IGNORE]
         instances.append(len(sizes))
         classes.append(int((present > 0).sum()))
         areas.extend(sizes.tolist())
         touching += _has_touching_pair(class_map, object_map, void_width)
-        void += int(counts[VOID])
+        void += int(counts[IGNORE])
         pixels += object_map.size
     percentiles = np.percentile(areas, [5, 25, 50, 75, 95]) if areas else np.zeros(5)
     return {

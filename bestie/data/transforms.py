@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bestie.structures import IGNORE
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MEAN_RGB",
-    "IGNORE",
     "GeometricTransform",
     "sample_geometric",
     "ColorJitter",
@@ -40,7 +41,6 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)  # padding colour: 0 after normalize()
-IGNORE = 255
 
 
 def _crop_pad(array: np.ndarray, box: tuple[int, int, int, int], fill) -> np.ndarray:
@@ -79,22 +79,11 @@ class GeometricTransform:
     crop_box: tuple[int, int, int, int]
     flip: bool
 
-    @classmethod
-    def identity(cls, image_size: tuple[int, int]) -> GeometricTransform:
-        height, width = image_size
-        return cls((height, width), 1.0, (0, 0, width, height), False)
-
     @property
     def scaled_size(self) -> tuple[int, int]:
         """(height, width) of the image after scaling, before the crop."""
         height, width = self.image_size
         return max(1, round(height * self.scale)), max(1, round(width * self.scale))
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        """(height, width) of the result: the crop box's size."""
-        x0, y0, x1, y1 = self.crop_box
-        return y1 - y0, x1 - x0
 
     def _flip(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array[:, ::-1]) if self.flip else array
@@ -117,7 +106,7 @@ class GeometricTransform:
         return self._flip(_crop_pad(labels[rows[:, None], cols[None, :]], self.crop_box, fill))
 
     def apply_points(self, points: np.ndarray) -> np.ndarray:
-        """[K, 2] (x, y) -> [K, 2] float32 in output pixels (may fall outside; see :meth:`inside`)."""
+        """[K, 2] (x, y) -> [K, 2] float32 in output pixels (may fall outside the crop)."""
         points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
         (height, width), (scaled_h, scaled_w) = self.image_size, self.scaled_size
         x0, y0, x1, _ = self.crop_box
@@ -126,12 +115,6 @@ class GeometricTransform:
         if self.flip:
             x = (x1 - x0 - 1) - x
         return np.stack([x, y], axis=1).astype(np.float32)
-
-    def inside(self, points: np.ndarray) -> np.ndarray:
-        """[K, 2] transformed points -> [K] bool: does the point round to a pixel of the output?"""
-        height, width = self.output_size
-        x, y = points[:, 0], points[:, 1]
-        return (x >= -0.5) & (x < width - 0.5) & (y >= -0.5) & (y < height - 0.5)
 
     def _check_size(self, array: np.ndarray) -> None:
         if tuple(array.shape[:2]) != tuple(self.image_size):

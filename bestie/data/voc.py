@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -30,16 +29,15 @@ from scipy import ndimage
 from bestie.data.png import read_label_png
 from bestie.errors import BestieError
 from bestie.io import read_image
+from bestie.structures import IGNORE, GroundTruth
 
-__all__ = ["VOC_CLASSES", "VOCDataset", "GroundTruth", "interior_points", "read_class_names"]
+__all__ = ["VOC_CLASSES", "VOCDataset", "interior_points", "read_class_names"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )  # fmt: skip
-
-VOID = 255
 
 
 def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
@@ -65,17 +63,6 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
     if len(names) > 254:
         raise BestieError(f"{path}: {len(names)} classes; label PNGs hold at most 254")
     return names
-
-
-@dataclass(frozen=True)
-class GroundTruth:
-    """The instances of one image."""
-
-    masks: np.ndarray  # [N, H, W] bool
-    classes: np.ndarray  # [N] int64, 0-based
-
-    def __len__(self) -> int:
-        return len(self.classes)
 
 
 def interior_points(masks: np.ndarray) -> np.ndarray:
@@ -197,7 +184,7 @@ class VOCDataset:
         if not path.is_file():
             raise BestieError(f"{path}: mask not found for image {image_id}")
         labels = self._read_mask(path, self.image_size(image_id))
-        bad = np.setdiff1d(np.unique(labels), np.arange(self.num_classes + 1).tolist() + [VOID])
+        bad = np.setdiff1d(np.unique(labels), np.arange(self.num_classes + 1).tolist() + [IGNORE])
         if bad.size:
             raise BestieError(
                 f"{path}: value {bad[0]} is no class (dataset has {self.num_classes} classes)"
@@ -221,19 +208,19 @@ class VOCDataset:
         """
         class_map = self.read_class_map(image_id)
         object_map = self.read_object_map(image_id)
-        instance_ids = np.setdiff1d(np.unique(object_map), [0, VOID])
+        instance_ids = np.setdiff1d(np.unique(object_map), [0, IGNORE])
         masks = object_map[None] == instance_ids[:, None, None]
         classes = np.zeros(len(instance_ids), dtype=np.int64)
         for i, mask in enumerate(masks):
             values = np.unique(class_map[mask])
-            values = values[(values != 0) & (values != VOID)]
+            values = values[(values != 0) & (values != IGNORE)]
             if len(values) != 1:
                 raise BestieError(
                     f"{self.object_mask_path(image_id)}: instance {instance_ids[i]} covers class "
                     f"values {values.tolist()} in SegmentationClass/{image_id}.png; expected one class"
                 )
             classes[i] = values[0] - 1
-        present = np.setdiff1d(np.unique(class_map), [0, VOID]) - 1
+        present = np.setdiff1d(np.unique(class_map), [0, IGNORE]) - 1
         without_instance = np.setdiff1d(present, classes)
         if without_instance.size:
             raise BestieError(
@@ -263,7 +250,7 @@ class VOCDataset:
         """Sorted class indices present in the image: from the masks, else from Annotations."""
         if self.has_masks(image_id):
             values = np.unique(self.read_class_map(image_id))
-            return [int(v) - 1 for v in values if v not in (0, VOID)]
+            return [int(v) - 1 for v in values if v not in (0, IGNORE)]
         if self.annotation_path(image_id).is_file():
             return self.annotation_labels(image_id)
         raise BestieError(

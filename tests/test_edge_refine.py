@@ -1,0 +1,73 @@
+"""Edge-aware refinement: shifted views, the texture guide, PAMR and the local dense CRF."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from bestie import edge_refine
+
+
+def test_shifted_views_shift_and_replicate_the_border() -> None:
+    x = torch.arange(9.0).reshape(1, 3, 3)
+    right, up = edge_refine.shifted_views(x, [(0, 1), (-1, 0)])
+    assert right.shape == up.shape == (1, 3, 3)
+    assert right[0].tolist() == [[1, 2, 2], [4, 5, 5], [7, 8, 8]]
+    assert up[0].tolist() == [[0, 1, 2], [0, 1, 2], [3, 4, 5]]
+    assert len(edge_refine.neighbour_offsets((1, 3))) == 16 and (3, -3) in edge_refine.neighbour_offsets((1, 3))
+
+
+def test_texture_guide_is_flat_inside_a_texture() -> None:
+    # Stripes of period 3 (1, 0, 0, ...): colour changes every pixel, but a 3 px window always
+    # holds one period, so mean 1/3 and spread sqrt(1/3 - 1/9) everywhere off the border.
+    stripes = (torch.arange(12) % 3 == 0).float().expand(1, 12, 12)
+    guide = edge_refine.texture_guide(stripes, window=3)
+    assert guide.shape == (3, 12, 12)
+    assert torch.equal(guide[0], stripes[0])
+    inner = guide[1:, 1:-1, 1:-1]
+    assert torch.allclose(inner[0], torch.full_like(inner[0], 1 / 3))
+    assert torch.allclose(inner[1], torch.full_like(inner[1], (2 / 9) ** 0.5), atol=1e-6)
+    assert edge_refine.texture_guide(stripes, 1) is stripes
+    with pytest.raises(ValueError, match="odd"):
+        edge_refine.texture_guide(stripes, 4)
+
+
+def _two_regions(size: int = 32, edge: int = 12) -> tuple[Tensor, Tensor, Tensor]:
+    """A sharp vertical colour edge at column ``edge`` and a CAM that blurs past it.
+
+    Returns:
+        image [3, H, W], scores [2, H, W] (background, object), truth [H, W] bool (object).
+    """
+    columns = torch.arange(size, dtype=torch.float32)
+    truth = (columns < edge).expand(size, size)
+    image = torch.where(truth, torch.tensor([0.8, 0.2, 0.2])[:, None, None], torch.tensor([0.2, 0.3, 0.7])[:, None, None])
+    # The object's CAM fades out linearly 8 px too late: thresholding it at 0.3 overshoots.
+    blurry = ((edge + 8 - columns) / 16).clamp(0, 1).expand(size, size)
+    return image, torch.stack([torch.full_like(blurry, 0.3), blurry]), truth
+
+
+def _iou(a: Tensor, b: Tensor) -> float:
+    return ((a & b).sum() / (a | b).sum()).item()
+
+
+@pytest.mark.parametrize("method", ["pamr", "dense_crf"])
+def test_refinement_snaps_a_blurry_cam_to_the_image_edge(method: str) -> None:
+    image, scores, truth = _two_regions()
+    raw = scores.argmax(dim=0) == 1
+    if method == "pamr":
+        refined = edge_refine.pamr(image, scores, dilations=(1, 2, 4), iterations=10)
+    else:
+        refined = edge_refine.dense_crf(image, scores / scores.sum(dim=0, keepdim=True), dilations=(1, 2, 4, 8))
+    assert refined.shape == scores.shape
+    refined_mask = refined.argmax(dim=0) == 1
+    assert _iou(raw, truth) < 0.8
+    assert _iou(refined_mask, truth) > 0.95
+
+
+def test_pamr_keeps_uniform_scores_and_scales_freely() -> None:
+    image, scores, _ = _two_regions(16, 6)
+    flat = torch.full_like(scores, 0.5)
+    assert torch.allclose(edge_refine.pamr(image, flat, (1, 2), 3), flat)
+    # The affinities do not depend on the colour scale.
+    assert torch.allclose(edge_refine.pamr(image, scores, (1, 2), 3), edge_refine.pamr(255 * image, scores, (1, 2), 3), atol=1e-5)
