@@ -45,8 +45,6 @@ __all__ = [
     "PseudoLabels",
     "refine_scores",
     "semantic_pseudo_labels",
-    "confusion_matrix",
-    "iou_per_class",
 ]
 
 IGNORE = 255
@@ -353,29 +351,3 @@ def semantic_pseudo_labels(model: nn.Module, image: Tensor, classes: Tensor, par
         cams, threshold_labels(scores, classes), confident_labels(probs, classes, params.min_confidence)
     )
 
-
-# --------------------------------------------------------------------------------------------
-# Evaluation against ground truth
-# --------------------------------------------------------------------------------------------
-
-
-def confusion_matrix(prediction: Tensor, target: Tensor, num_labels: int) -> Tensor:
-    """Pixel counts ``[num_labels, num_labels]`` (rows: ground truth, columns: prediction).
-
-    Pixels that are 255 on *either* side are left out: ground-truth void, and pixels the
-    prediction marks as ignore (report the share of those separately).
-
-    Args:
-        prediction, target: ``[H, W]`` integer label maps (0..num_labels-1 or 255).
-    """
-    keep = (prediction != IGNORE) & (target != IGNORE)
-    index = target[keep].long() * num_labels + prediction[keep].long()
-    return torch.bincount(index, minlength=num_labels**2).reshape(num_labels, num_labels)
-
-
-def iou_per_class(confusion: Tensor) -> Tensor:
-    """``[L]`` float64 IoU of each label from a confusion matrix; NaN where a label is
-    neither in the ground truth nor predicted."""
-    confusion = confusion.double()
-    hits = confusion.diagonal()
-    return hits / (confusion.sum(dim=0) + confusion.sum(dim=1) - hits)
