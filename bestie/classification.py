@@ -1,4 +1,4 @@
-"""Training and evaluation of the multi-label (PAM) classifier (METHOD.md section 1)."""
+"""Training and evaluation of the multi-label (PAM) classifier (docs/method.md §1)."""
 
 from __future__ import annotations
 

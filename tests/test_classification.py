@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from bestie.checkpoint import load_checkpoint, save_checkpoint
