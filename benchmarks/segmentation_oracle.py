@@ -21,13 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bestie.cam import confusion_matrix, iou_per_class
 from bestie.coco import masks_to_results
 from bestie.config import SegRefineParams, load_params
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
-from bestie.evaluation import evaluate_instances
 from bestie.inference import load_bestie, network_outputs, refine_segmentation
+from bestie.metrics.instances import evaluate_instances
+from bestie.metrics.segmentation import confusion_matrix, iou_per_class
 from bestie.postprocess import postprocess
 from bestie.runtime import select_device
 from bestie.structures import IGNORE

@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bestie.structures import IGNORE
 
-__all__ = ["flip_within_width", "within_images", "class_activation_maps", "confusion_matrix", "iou_per_class"]
+__all__ = ["flip_within_width", "within_images", "class_activation_maps"]
 
 NORMALIZATIONS = ("total", "per_pass")
 
@@ -130,29 +129,3 @@ def class_activation_maps(
         return total / total.amax(dim=(-2, -1), keepdim=True).clamp(min=1e-5)
     return total / (len(scales) * (1 + flip))
 
-
-# --------------------------------------------------------------------------------------------
-# Evaluation against ground truth
-# --------------------------------------------------------------------------------------------
-
-
-def confusion_matrix(prediction: Tensor, target: Tensor, num_labels: int) -> Tensor:
-    """Pixel counts ``[num_labels, num_labels]`` (rows: ground truth, columns: prediction).
-
-    Pixels that are 255 on *either* side are left out: ground-truth void, and pixels the
-    prediction marks as ignore (report the share of those separately).
-
-    Args:
-        prediction, target: ``[H, W]`` integer label maps (0..num_labels-1 or 255).
-    """
-    keep = (prediction != IGNORE) & (target != IGNORE)
-    index = target[keep].long() * num_labels + prediction[keep].long()
-    return torch.bincount(index, minlength=num_labels**2).reshape(num_labels, num_labels)
-
-
-def iou_per_class(confusion: Tensor) -> Tensor:
-    """``[L]`` float64 IoU of each label from a confusion matrix; NaN where a label is
-    neither in the ground truth nor predicted."""
-    confusion = confusion.double()
-    hits = confusion.diagonal()
-    return hits / (confusion.sum(dim=0) + confusion.sum(dim=1) - hits)

@@ -24,15 +24,16 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from bestie.data.voc import GroundTruth
 from bestie.errors import BestieError
 from bestie.io import read_json
 
 __all__ = [
-    "encode_mask",
     "encode_masks",
     "rle_areas",
-    "decode_rle",
     "decode_segmentation",
+    "annotation_masks",
+    "ground_truth_by_image",
     "segmentation_to_rle",
     "masks_to_annotations",
     "masks_to_results",
@@ -64,14 +65,6 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     # pycocotools wants a Fortran-ordered uint8 [H, W, N] array.
     stacked = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
     return [_str_counts(rle) for rle in mask_utils.encode(stacked)]
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """Mask bool [H, W] -> compressed RLE ``{"size": [H, W], "counts": str}``."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be [H, W], got shape {mask.shape}")
-    return encode_masks(mask[None])[0]
 
 
 def rle_areas(rles: list[dict]) -> np.ndarray:
@@ -146,9 +139,29 @@ def decode_segmentation(segmentation: Any, height: int | None = None, width: int
         return mask_utils.decode(rle).astype(bool)
 
 
-def decode_rle(rle: dict) -> np.ndarray:
-    """RLE (str/bytes counts, or uncompressed list counts) -> mask bool [H, W]."""
-    return decode_segmentation(rle)
+def annotation_masks(annotations: Sequence[dict], height: int, width: int) -> np.ndarray:
+    """The masks of one image's COCO annotations (any segmentation form), bool [N, H, W]."""
+    masks = np.zeros((len(annotations), height, width), dtype=bool)
+    for i, annotation in enumerate(annotations):
+        masks[i] = decode_segmentation(annotation["segmentation"], height, width)
+    return masks
+
+
+def ground_truth_by_image(coco: dict) -> dict[int, GroundTruth]:
+    """A COCO instances dict -> image id -> its instances (masks [N, H, W], 0-based classes [N]).
+
+    Every image of ``coco["images"]`` is a key, with its annotations in file order.
+    """
+    annotations: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        annotations[annotation["image_id"]].append(annotation)
+    return {
+        image["id"]: GroundTruth(
+            masks=annotation_masks(annotations[image["id"]], image["height"], image["width"]),
+            classes=np.array([a["category_id"] - 1 for a in annotations[image["id"]]], dtype=np.int64),
+        )
+        for image in coco["images"]
+    }
 
 
 # --------------------------------------------------------------------------- writing
@@ -250,16 +263,21 @@ def _quiet(function, *args):
         return function(*args)
 
 
+def _check_fields(where: str, entry: Any, required: Sequence[str]) -> None:
+    """Raise :class:`BestieError` naming ``where`` unless ``entry`` is an object with every ``required`` key."""
+    if not isinstance(entry, dict):
+        raise BestieError(f"{where} is not an object")
+    missing = [name for name in required if name not in entry]
+    if missing:
+        raise BestieError(f"{where} has no {', '.join(repr(m) for m in missing)}")
+
+
 def _check_entries(source: str, dataset: dict, key: str, required: tuple[str, ...]) -> list[dict]:
     entries = dataset.get(key)
     if not isinstance(entries, list):
         raise BestieError(f"{source}: '{key}' must be a list")
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise BestieError(f"{source}: {key}[{i}] is not an object")
-        missing = [name for name in required if name not in entry]
-        if missing:
-            raise BestieError(f"{source}: {key}[{i}] has no {', '.join(repr(m) for m in missing)}")
+        _check_fields(f"{source}: {key}[{i}]", entry, required)
     ids = [entry["id"] for entry in entries]
     if len(set(ids)) != len(ids):
         raise BestieError(f"{source}: '{key}' has duplicate ids")
@@ -325,11 +343,7 @@ def load_results(results: str | os.PathLike | list[dict], gt: COCO) -> list[dict
         raise BestieError(f"{source}: expected a list of COCO result entries")
     checked = []
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise BestieError(f"{source}: [{i}] is not an object")
-        missing = [key for key in _RESULT_KEYS if key not in entry]
-        if missing:
-            raise BestieError(f"{source}: [{i}] has no {', '.join(repr(m) for m in missing)}")
+        _check_fields(f"{source}: [{i}]", entry, _RESULT_KEYS)
         image = gt.imgs.get(entry["image_id"])
         if image is None:
             raise BestieError(f"{source}: [{i}] has image_id {entry['image_id']!r}, not in the ground truth")

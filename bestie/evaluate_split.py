@@ -6,7 +6,7 @@ write the same files with :func:`write_evaluation`::
 
     OUT/predictions.json     COCO results (RLE masks, scores)
     OUT/<record>.json        what the caller records beside them (the evaluate stage: its settings)
-    METRICS                  the metrics of bestie.evaluation.evaluate_instances
+    METRICS                  the metrics of bestie.metrics.instances.evaluate_instances
     GALLERY/<name>.png       image | prediction | ground truth, for the first images
 """
 
@@ -25,8 +25,8 @@ from tqdm import tqdm
 from bestie.coco import masks_to_results
 from bestie.data.manifest import ImageRecord
 from bestie.data.voc import VOCDataset
-from bestie.evaluation import evaluate_instances
 from bestie.io import atomic_dir, write_json, write_metrics
+from bestie.metrics.instances import evaluate_instances
 from bestie.structures import Instances
 from bestie.visualize import overlay_instances, panels
 

@@ -39,7 +39,6 @@ from bestie.spatial import max_filter
 __all__ = [
     "batch_peaks",
     "predict_peaks",
-    "peak_statistics",
     "write_peaks",
     "read_peaks",
 ]
@@ -151,59 +150,6 @@ def predict_peaks(
             peaks[index] = image_peaks
         done += len(images)
     return peaks
-
-
-def peak_statistics(
-    peaks: Sequence[np.ndarray],
-    ground_truth: Sequence,
-    pseudo_thresh: float,
-) -> dict[str, float]:
-    """How well peaks above ``pseudo_thresh`` ("kept") mark the ground-truth instances.
-
-    A kept peak *hits* an instance when it lies on one of the instance's pixels and has its
-    class. Void (255) pixels belong to no instance.
-
-    Args:
-        peaks: per image, [K, 4] (x, y, class, score).
-        ground_truth: per image, an object with ``masks`` [N, H, W] bool and ``classes`` [N]
-            (e.g. :class:`bestie.data.voc.GroundTruth`).
-        pseudo_thresh: peaks with score > this are kept.
-    Returns:
-        ``peak_precision``: share of kept peaks that hit an instance;
-        ``instances_one_peak`` / ``instances_no_peak`` / ``instances_multi_peak``: share of
-        instances hit by exactly one, no, two or more kept peaks; and the counts
-        ``num_images``, ``num_instances``, ``num_peaks``, ``num_kept_peaks``. Shares of an
-        empty set are 0.
-    """
-    if len(peaks) != len(ground_truth):
-        raise ValueError(f"{len(peaks)} peak arrays for {len(ground_truth)} ground truths")
-    num_peaks = num_kept = num_inside = 0
-    hits_per_instance = []
-    for image_peaks, gt in zip(peaks, ground_truth):
-        image_peaks = np.asarray(image_peaks, dtype=np.float32).reshape(-1, 4)
-        kept = image_peaks[image_peaks[:, 3] > pseudo_thresh]
-        masks = np.asarray(gt.masks, dtype=bool)
-        height, width = masks.shape[1:]
-        x = np.clip(np.rint(kept[:, 0]).astype(np.int64), 0, width - 1)
-        y = np.clip(np.rint(kept[:, 1]).astype(np.int64), 0, height - 1)
-        same_class = np.asarray(gt.classes)[:, None] == kept[None, :, 2].astype(np.int64)
-        hits = masks[:, y, x] & same_class  # [N, K]
-        num_peaks += len(image_peaks)
-        num_kept += len(kept)
-        num_inside += int(hits.any(axis=0).sum())
-        hits_per_instance.append(hits.sum(axis=1))
-    hits = np.concatenate(hits_per_instance) if hits_per_instance else np.zeros(0, dtype=np.int64)
-    share = lambda n, total: float(n) / total if total else 0.0  # noqa: E731
-    return {
-        "peak_precision": share(num_inside, num_kept),
-        "instances_one_peak": share((hits == 1).sum(), len(hits)),
-        "instances_no_peak": share((hits == 0).sum(), len(hits)),
-        "instances_multi_peak": share((hits >= 2).sum(), len(hits)),
-        "num_images": len(peaks),
-        "num_instances": len(hits),
-        "num_peaks": num_peaks,
-        "num_kept_peaks": num_kept,
-    }
 
 
 def write_peaks(path: str | os.PathLike, names: Sequence[str], peaks: Sequence[np.ndarray]) -> None:

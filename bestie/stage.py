@@ -1,15 +1,33 @@
-"""What every stage entry point shares: validate params first, report expected errors as one line."""
+"""What every stage entry point shares: its path flags; validate params first, report expected
+errors as one line."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bestie.config import Params, load_params
 from bestie.errors import BestieError
 
-__all__ = ["run_stage"]
+if TYPE_CHECKING:  # the stage scripts make the parser: parsing stays at the edge
+    import argparse
+
+__all__ = ["add_arguments", "run_stage"]
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+
+
+def add_arguments(parser: argparse.ArgumentParser, **defaults: str) -> None:
+    """Add a flag ``--NAME`` (``_`` spelled ``-``) with its default for each keyword.
+
+    The defaults are the paths ``dvc.yaml`` passes, so a stage run by hand without flags
+    reads and writes where the pipeline does; ``device`` is ``auto | cpu | cuda | cuda:N``.
+    """
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", default=default,
+                            help=DEVICE_HELP if name == "device" else None)
 
 
 def run_stage(main: Callable[[Params], None], params_path: str | Path = "params.yaml") -> None:

@@ -1,13 +1,16 @@
-"""Pictures a person can look at: label maps in VOC colours, instance overlays, side-by-side panels."""
+"""Pictures a person can look at: label maps in VOC colours, class-map and instance overlays,
+side-by-side panels."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from bestie.data.png import voc_palette
 
-__all__ = ["colorize_labels", "overlay_instances", "panels"]
+__all__ = ["colorize_labels", "cam_overlay", "overlay_instances", "panels"]
 
 _PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
 
@@ -15,6 +18,23 @@ _PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
 def colorize_labels(labels: np.ndarray) -> np.ndarray:
     """[H, W] uint8 label map -> [H, W, 3] uint8 in VOC colours (255 = void is cream)."""
     return _PALETTE[labels]
+
+
+def cam_overlay(image: np.ndarray, cams: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Tint each pixel toward its strongest class's VOC colour, as strongly as that CAM is high.
+
+    Args:
+        image: [H, W, 3] uint8; cams: [K, H, W] float32 in [0, 1]; classes: the K class indices.
+    Returns:
+        [H, W, 3] uint8: the image in half-bright grey where no CAM is high.
+    """
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2) * 0.5
+    if not len(classes):
+        return grey.astype(np.uint8)
+    strength, winner = cams.max(axis=0), cams.argmax(axis=0)  # [H, W] each
+    colour = _PALETTE[np.asarray(classes)[winner] + 1].astype(np.float32)
+    alpha = strength[..., None]
+    return (grey * (1 - alpha) + colour * alpha).astype(np.uint8)
 
 
 def _instance_colours(count: int) -> np.ndarray:

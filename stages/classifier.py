@@ -13,7 +13,6 @@ from bestie.checkpoint import save_checkpoint
 from bestie.classification import (
     ClassifierLoss,
     build_classifier,
-    classification_metrics,
     classifier_param_groups,
     epoch_loss,
     predict_logits,
@@ -25,6 +24,7 @@ from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.distributed import DistContext
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
+from bestie.metrics.classification import classification_metrics
 from bestie.io import write_metrics
 from bestie.runtime import seed_everything, select_device
 from bestie.stage import run_stage

@@ -13,7 +13,7 @@ from bestie.data.voc import VOCDataset
 from bestie.evaluate_split import predict_split, write_evaluation
 from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, settings_from_params, settings_record
 from bestie.runtime import select_device
-from bestie.stage import run_stage
+from bestie.stage import add_arguments, run_stage
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -38,13 +38,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--val-gt", default="data/eval/val_gt.json")
-    parser.add_argument("--model", default="data/models/bestie.pt")
-    parser.add_argument("--out", default="data/eval/bestie")
-    parser.add_argument("--metrics", default="metrics/bestie.json")
-    parser.add_argument("--gallery", default="metrics/gallery/bestie")
-    parser.add_argument("--device", default="auto")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, prepared="data/prepared", val_gt="data/eval/val_gt.json", model="data/models/bestie.pt",
+                  out="data/eval/bestie", metrics="metrics/bestie.json", gallery="metrics/gallery/bestie",
+                  device="auto")
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

@@ -1,5 +1,5 @@
 """DVC stage `export_coco`: the trained BESTIE network's instances on every training image, as a
-COCO instances file of pseudo labels for Mask R-CNN (METHOD.md §8).
+COCO instances file of pseudo labels for Mask R-CNN (docs/method.md §8).
 
 Inference follows the `inference` params, as the `evaluate` stage's does; instances scoring
 below `export_coco.score_thresh` are dropped. With point supervision and
@@ -18,31 +18,11 @@ from bestie.coco import build_coco, masks_to_annotations
 from bestie.config import Params
 from bestie.data.manifest import load_manifest
 from bestie.data.voc import VOCDataset
-from bestie.evaluation import evaluate_instances
 from bestie.inference import load_bestie, predict_instances, settings_from_params
 from bestie.io import read_json, write_json, write_metrics
+from bestie.metrics.instances import exported_label_metrics
 from bestie.runtime import select_device
-from bestie.stage import run_stage
-
-
-def pseudo_label_statistics(coco: dict, train_gt: dict) -> dict[str, float]:
-    """Counts of the exported file, and its instance metrics against the training split's masks."""
-    images, annotations = coco["images"], coco["annotations"]
-    annotated = {a["image_id"] for a in annotations}
-    stats = {
-        "images": len(images),
-        "images_with_instances": len(annotated),
-        "instances": len(annotations),
-        "instances_per_image": round(len(annotations) / max(1, len(images)), 4),
-    }
-    measured = {image["id"] for image in train_gt["images"]}
-    if train_gt["annotations"]:
-        results = [
-            {k: a[k] for k in ("image_id", "category_id", "segmentation", "score")}
-            for a in annotations if a["image_id"] in measured
-        ]
-        stats |= {f"train_{k}": v for k, v in evaluate_instances(train_gt, results).items()}
-    return stats
+from bestie.stage import add_arguments, run_stage
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -68,7 +48,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     coco = build_coco(images, annotations, manifest.class_names)
     coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}
     write_json(args.out, coco, indent=None)
-    stats = pseudo_label_statistics(coco, read_json(args.train_gt))
+    stats = exported_label_metrics(coco, read_json(args.train_gt))
     write_metrics(args.metrics, stats)
     print(f"export_coco: {stats['instances']} instances on {stats['images_with_instances']} of "
           f"{stats['images']} training images")
@@ -76,11 +56,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--model", default="data/models/bestie.pt")
-    parser.add_argument("--train-gt", default="data/prepared/train_gt.json")
-    parser.add_argument("--out", default="data/coco/train_pseudo.json")
-    parser.add_argument("--metrics", default="metrics/export_coco.json")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_arguments(parser, prepared="data/prepared", model="data/models/bestie.pt",
+                  train_gt="data/prepared/train_gt.json", out="data/coco/train_pseudo.json",
+                  metrics="metrics/export_coco.json", device="auto")
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

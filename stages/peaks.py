@@ -12,17 +12,17 @@ import numpy as np
 
 from bestie.checkpoint import load_checkpoint
 from bestie.classification import classifier_from_checkpoint
-from bestie.coco import decode_segmentation
+from bestie.coco import ground_truth_by_image
 from bestie.config import Params
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import ImageRecord, Manifest, load_manifest
 from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
 from bestie.io import atomic_dir, read_json, write_metrics
-from bestie.peaks import peak_statistics, predict_peaks, write_peaks
+from bestie.metrics.peaks import peak_statistics
+from bestie.peaks import predict_peaks, write_peaks
 from bestie.runtime import select_device
-from bestie.stage import run_stage
-from bestie.structures import GroundTruth
+from bestie.stage import add_arguments, run_stage
 
 
 def given_points(records: list[ImageRecord], manifest_path: str) -> list[np.ndarray]:
@@ -58,40 +58,23 @@ def classifier_peaks(params: Params, manifest: Manifest, model_path: str, device
     return peaks
 
 
-def ground_truth_by_id(coco: dict) -> dict[int, GroundTruth]:
-    """COCO instances -> image id -> GroundTruth (masks [N, H, W], 0-based classes [N])."""
-    annotations: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
-    for annotation in coco["annotations"]:
-        annotations[annotation["image_id"]].append(annotation)
-    result = {}
-    for image in coco["images"]:
-        height, width, anns = image["height"], image["width"], annotations[image["id"]]
-        masks = np.zeros((len(anns), height, width), dtype=bool)
-        for i, annotation in enumerate(anns):
-            masks[i] = decode_segmentation(annotation["segmentation"], height, width)
-        classes = np.array([a["category_id"] - 1 for a in anns], dtype=np.int64)
-        result[image["id"]] = GroundTruth(masks=masks, classes=classes)
-    return result
-
-
-def main(params: Params, manifest_path: str, model_path: str, train_gt: str, out: str, metrics: str,
-         device_name: str) -> None:
-    manifest = load_manifest(manifest_path)
+def main(params: Params, args: argparse.Namespace) -> None:
+    manifest = load_manifest(args.manifest)
     records = list(manifest.train)
     if params.supervision == "cls":
-        peaks = classifier_peaks(params, manifest, model_path, device_name)
+        peaks = classifier_peaks(params, manifest, args.model, args.device)
     else:
-        peaks = given_points(records, manifest_path)
+        peaks = given_points(records, args.manifest)
 
     # Measured on the training images that have instance masks.
-    gt = ground_truth_by_id(read_json(train_gt))
+    gt = ground_truth_by_image(read_json(args.train_gt))
     measured = [i for i, record in enumerate(records) if record.image_id in gt]
     stats = peak_statistics(
         [peaks[i] for i in measured], [gt[records[i].image_id] for i in measured], params.peaks.pseudo_thresh
     )
-    with atomic_dir(out, replace=True) as tmp:
+    with atomic_dir(args.out, replace=True) as tmp:
         write_peaks(Path(tmp) / "peaks.tsv", [r.name for r in records], peaks)
-    write_metrics(metrics, stats)
+    write_metrics(args.metrics, stats)
     print(
         f"peaks: {stats['num_kept_peaks']} kept peaks on {stats['num_instances']} instances; "
         f"one peak {stats['instances_one_peak']:.3f}, none {stats['instances_no_peak']:.3f}, "
@@ -100,14 +83,9 @@ def main(params: Params, manifest_path: str, model_path: str, train_gt: str, out
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--manifest", default="data/prepared/manifest.json")
-    parser.add_argument("--model", default="data/models/pam.pt")
-    parser.add_argument("--train-gt", default="data/prepared/train_gt.json")
-    parser.add_argument("--out", default="data/peaks")
-    parser.add_argument("--metrics", default="metrics/peaks.json")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, manifest="data/prepared/manifest.json", model="data/models/pam.pt",
+                  train_gt="data/prepared/train_gt.json", out="data/peaks", metrics="metrics/peaks.json",
+                  device="auto")
     args = parser.parse_args()
-    run_stage(
-        lambda params: main(params, args.manifest, args.model, args.train_gt, args.out, args.metrics, args.device)
-    )
+    run_stage(lambda params: main(params, args))

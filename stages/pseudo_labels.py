@@ -17,9 +17,10 @@ from bestie.data.png import read_label_png
 from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
 from bestie.io import atomic_dir, write_metrics
+from bestie.metrics.instances import transfer_metrics
 from bestie.peaks import read_peaks
-from bestie.pseudo_labels import pseudo_label_metrics, save_pseudo_labels
-from bestie.stage import run_stage
+from bestie.pseudo_labels import save_pseudo_labels
+from bestie.stage import add_arguments, run_stage
 from bestie.transfer import filter_points, instances_from_ground_truth, semantic_knowledge_transfer
 
 NO_PEAKS = np.zeros((0, 4), dtype=np.float32)
@@ -55,15 +56,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
         )
     with atomic_dir(args.out, replace=True) as tmp:
         save_pseudo_labels(tmp, results)
-    write_metrics(args.metrics, pseudo_label_metrics(results, ground_truth))
+    write_metrics(args.metrics, transfer_metrics(results, ground_truth))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--wsss", default="data/wsss")
-    parser.add_argument("--peaks", default="data/peaks/peaks.tsv")
-    parser.add_argument("--out", default="data/pseudo_labels")
-    parser.add_argument("--metrics", default="metrics/pseudo_labels.json")
+    add_arguments(parser, prepared="data/prepared", wsss="data/wsss", peaks="data/peaks/peaks.tsv",
+                  out="data/pseudo_labels", metrics="metrics/pseudo_labels.json")
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

@@ -154,15 +154,3 @@ def test_flip_within_width_and_the_mirror_pass_of_a_padded_batch() -> None:
     assert (maps[1, :, 5:] == 0).all()  # the padding holds no map
 
 
-# -- evaluation --------------------------------------------------------------------------------
-
-
-def test_confusion_leaves_out_ignore_on_either_side() -> None:
-    truth = torch.tensor([[0, 1, 1, 255], [2, 2, 0, 1]], dtype=torch.uint8)
-    pred = torch.tensor([[0, 1, 255, 1], [2, 1, 0, 1]], dtype=torch.uint8)
-    confusion = cam.confusion_matrix(pred, truth, 3)
-    assert confusion.sum() == 6  # one ignore in the prediction, one void in the truth
-    assert confusion.tolist() == [[2, 0, 0], [0, 2, 0], [0, 1, 1]]
-    iou = cam.iou_per_class(confusion)
-    assert iou.tolist() == pytest.approx([1.0, 2 / 3, 0.5])
-    assert torch.isnan(cam.iou_per_class(torch.zeros(2, 2, dtype=torch.long))).all()

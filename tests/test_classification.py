@@ -4,15 +4,12 @@ import copy
 import math
 from functools import partial
 
-import pytest
 import torch
 
 from bestie.checkpoint import load_checkpoint, save_checkpoint
 from bestie.classification import (
     ClassifierLoss,
-    average_precision,
     build_classifier,
-    classification_metrics,
     classifier_from_checkpoint,
     classifier_param_groups,
     epoch_loss,
@@ -21,31 +18,10 @@ from bestie.classification import (
 )
 from bestie.config import ClassifierParams, to_dict
 from bestie.distributed import DistContext
+from bestie.metrics.classification import classification_metrics
 from bestie.training import LoopSettings, TrainState, build_optimizer, epoch_batches, step_lr, train
 
 CPU = torch.device("cpu")
-
-
-def test_average_precision_hand_worked():
-    scores = torch.tensor([[0.9, 0.1, 0.3], [0.8, 0.2, 0.4], [0.7, 0.3, 0.1], [0.6, 0.4, 0.2]])
-    targets = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]])
-    ap = average_precision(scores, targets)
-    # class 0: hits at ranks 1 and 3 -> (1/1 + 2/3) / 2; class 1: no positives; class 2: all hits.
-    assert ap[0].item() == pytest.approx((1 + 2 / 3) / 2)
-    assert math.isnan(ap[1].item())
-    assert ap[2].item() == pytest.approx(1.0)
-
-
-def test_classification_metrics_hand_worked():
-    logits = torch.tensor([[2.0, -1.0], [1.0, 1.0], [-1.0, -2.0], [-0.5, 3.0]])
-    targets = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]])
-    metrics = classification_metrics(logits, targets)
-    # class 0: tp 1, fp 1, fn 1 -> F1 1/2; class 1: tp 2 -> F1 1. Pooled: tp 3, fp 1, fn 1.
-    assert metrics["cls_f1_macro"] == pytest.approx(75.0)
-    assert metrics["cls_f1_micro"] == pytest.approx(100 * 6 / 8)
-    # AP class 0: ranks 2.0 (hit), 1.0, -0.5, -1.0 (hit) -> (1 + 2/4) / 2; class 1: perfect.
-    assert metrics["cls_map"] == pytest.approx(100 * (0.75 + 1.0) / 2)
-
 
 class TinySet(torch.utils.data.Dataset):
     """Class 0 images are bright on the left, class 1 images bright on the right."""
@@ -105,6 +81,9 @@ def test_training_runs_and_reports(tmp_path):
     image = TinySet(1)[0][0][None]
     assert torch.allclose(restored(image)["cams"], model.eval()(image)["cams"])
 
+    plain = classifier_from_checkpoint(load_checkpoint(path, kind="pam"), alpha=0.0)  # the wsss stage's CAMs
+    assert plain.pam.alpha == 0.0 and restored.pam.alpha == params.alpha
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), restored.state_dict().values()))
 
 def test_a_run_resumed_at_an_epoch_boundary_replays_the_uninterrupted_run():
     """3 epochs straight == 1 epoch, a state checkpoint, then 2 more: same batches, weights and loss."""

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bestie.checkpoint import save_checkpoint
 from bestie.cli import RESULT_MARKER, main
-from bestie.coco import decode_rle
+from bestie.coco import decode_segmentation
 from bestie.errors import BestieError
 from bestie.models import BestieNet
 
@@ -60,7 +60,7 @@ def test_predict_writes_coco_results_and_overlays(tmp_path: Path, voc_fixture_ro
     assert results and {r["image_id"] for r in results} <= {1, 2}
     for result in results:
         image = images[result["image_id"] - 1]
-        assert decode_rle(result["segmentation"]).shape == (image["height"], image["width"])
+        assert decode_segmentation(result["segmentation"]).shape == (image["height"], image["width"])
         assert result["category_id"] in (1, 2) and 0 <= result["score"] <= 1
     overlays = sorted(p.name for p in out.glob("*.png"))
     assert overlays == ["00001_a.png", "00002_b.png"]

@@ -7,12 +7,12 @@ import pytest
 from pycocotools.coco import COCO
 
 from bestie.coco import (
+    annotation_masks,
     build_coco,
     coco_categories,
-    decode_rle,
     decode_segmentation,
-    encode_mask,
     encode_masks,
+    ground_truth_by_image,
     load_coco_gt,
     load_results,
     masks_to_annotations,
@@ -48,20 +48,20 @@ def test_round_trip_random_empty_full(shape):
         assert isinstance(rle["counts"], str)
         assert rle["size"] == list(shape)
         json.dumps(rle)
-        np.testing.assert_array_equal(decode_rle(rle), mask)
-        np.testing.assert_array_equal(decode_rle(encode_mask(mask)), mask)
+        np.testing.assert_array_equal(decode_segmentation(rle), mask)
+        np.testing.assert_array_equal(decode_segmentation(encode_masks(mask[None])[0]), mask)
 
 
 def test_decode_accepts_bytes_counts():
     mask = box_mask((5, 8), (1, 3), (2, 6))
-    rle = encode_mask(mask)
-    np.testing.assert_array_equal(decode_rle({"size": rle["size"], "counts": rle["counts"].encode()}), mask)
+    rle = encode_masks(mask[None])[0]
+    np.testing.assert_array_equal(decode_segmentation({"size": rle["size"], "counts": rle["counts"].encode()}), mask)
 
 
 def test_decode_uncompressed_rle_is_column_major():
     # Fortran order over a 2x3 image: (0,0) (1,0) (0,1) (1,1) (0,2) (1,2); runs 1 off, 2 on, 3 off.
     expected = np.array([[0, 1, 0], [1, 0, 0]], dtype=bool)
-    np.testing.assert_array_equal(decode_rle({"size": [2, 3], "counts": [1, 2, 3]}), expected)
+    np.testing.assert_array_equal(decode_segmentation({"size": [2, 3], "counts": [1, 2, 3]}), expected)
 
 
 def test_decode_polygon_covers_its_pixels():
@@ -72,7 +72,7 @@ def test_decode_polygon_covers_its_pixels():
 def test_segmentation_to_rle_normalises_to_str_counts():
     rle = segmentation_to_rle([[2, 2, 6, 2, 6, 6, 2, 6]], 10, 10)
     assert isinstance(rle["counts"], str) and rle["size"] == [10, 10]
-    np.testing.assert_array_equal(decode_rle(rle), box_mask((10, 10), (2, 6), (2, 6)))
+    np.testing.assert_array_equal(decode_segmentation(rle), box_mask((10, 10), (2, 6), (2, 6)))
 
 
 @pytest.mark.parametrize(
@@ -103,9 +103,27 @@ def test_rle_areas_beyond_255_masks():
 
 def test_encode_rejects_wrong_rank():
     with pytest.raises(ValueError):
-        encode_mask(np.zeros((2, 3, 4), bool))
-    with pytest.raises(ValueError):
         encode_masks(np.zeros((3, 4), bool))
+
+
+def test_annotation_masks_decode_every_form_in_order():
+    box = box_mask((10, 10), (2, 6), (2, 6))
+    annotations = [
+        {"segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]]},  # polygon
+        {"segmentation": encode_masks(~box[None])[0]},  # compressed RLE
+    ]
+    np.testing.assert_array_equal(annotation_masks(annotations, 10, 10), np.stack([box, ~box]))
+    assert annotation_masks([], 4, 5).shape == (0, 4, 5)
+
+
+def test_ground_truth_by_image_keeps_every_image_and_zero_based_classes():
+    coco = small_gt()
+    coco["images"].append({"id": 8, "file_name": "b.jpg", "height": 3, "width": 4})
+    truth = ground_truth_by_image(coco)
+    assert sorted(truth) == [7, 8]
+    np.testing.assert_array_equal(truth[7].masks, box_mask((10, 10), (1, 4), (2, 7))[None])
+    assert truth[7].classes.tolist() == [1] and truth[7].classes.dtype == np.int64
+    assert truth[8].masks.shape == (0, 3, 4) and len(truth[8]) == 0
 
 
 # --------------------------------------------------------------------------- annotations
@@ -125,7 +143,7 @@ def test_masks_to_annotations_fields():
     assert first["bbox"] == [2.0, 1.0, 5.0, 3.0] and second["bbox"] == [0.0, 0.0, 9.0, 6.0]
     assert first["area"] == 15 and second["area"] == 54 and isinstance(first["area"], int)
     assert first["score"] == pytest.approx(0.9) and second["score"] == pytest.approx(0.7)
-    np.testing.assert_array_equal(decode_rle(first["segmentation"]), masks[0])
+    np.testing.assert_array_equal(decode_segmentation(first["segmentation"]), masks[0])
     json.dumps(annotations)
 
 
@@ -222,7 +240,7 @@ def one_result(**override) -> dict:
     result = {
         "image_id": 7,
         "category_id": 2,
-        "segmentation": encode_mask(box_mask((10, 10), (1, 4), (2, 7))),
+        "segmentation": encode_masks(box_mask((10, 10), (1, 4), (2, 7))[None])[0],
         "score": 0.5,
     }
     return {**result, **override}
@@ -235,7 +253,7 @@ def test_load_results_validates_and_copies():
     loaded = load_results(entries, gt)
     assert polygon["segmentation"] == [[2, 2, 6, 2, 6, 6, 2, 6]]  # input untouched
     assert isinstance(loaded[1]["segmentation"]["counts"], str)  # polygons become RLE
-    np.testing.assert_array_equal(decode_rle(loaded[1]["segmentation"]), box_mask((10, 10), (2, 6), (2, 6)))
+    np.testing.assert_array_equal(decode_segmentation(loaded[1]["segmentation"]), box_mask((10, 10), (2, 6), (2, 6)))
     assert load_results([], gt) == []
 
 
@@ -257,7 +275,7 @@ def test_load_results_from_file(tmp_path):
         ({k: v for k, v in one_result().items() if k != "segmentation"}, "has no 'segmentation'"),
         (one_result(score=float("nan")), "finite number"),
         (one_result(score="high"), "finite number"),
-        (one_result(segmentation=encode_mask(np.ones((10, 11), bool))), "image size"),
+        (one_result(segmentation=encode_masks(np.ones((1, 10, 11), bool))[0]), "image size"),
         ("not a dict", "not an object"),
     ],
 )

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from bestie.errors import BestieError
-from bestie.peaks import batch_peaks, peak_statistics, read_peaks, write_peaks
-from bestie.structures import GroundTruth
+from bestie.peaks import batch_peaks, read_peaks, write_peaks
 
 RAW = dict(smooth_kernel=1, nms_kernel=3, max_per_class=25, score_thresh=0.1)
 
@@ -134,44 +133,6 @@ def test_even_kernels_are_refused():
         peaks_of(THREE, [[1]], [[16, 16]], nms_kernel=4)
 
 
-def ground_truth() -> GroundTruth:
-    """10 x 10: two class-0 instances side by side on top, one class-1 instance below."""
-    masks = np.zeros((3, 10, 10), dtype=bool)
-    masks[0, :5, :5] = masks[1, :5, 5:] = masks[2, 5:, :] = True
-    return GroundTruth(masks=masks, classes=np.array([0, 0, 1]))
-
-
-def test_peak_statistics_hand_worked():
-    peaks = np.array(
-        [
-            [1, 1, 0, 0.9],  # instance 0
-            [3, 3, 0, 0.8],  # instance 0 again: it has two peaks
-            [7, 2, 0, 0.9],  # instance 1
-            [2, 7, 0, 0.9],  # on instance 2, but the wrong class: a miss
-            [6, 6, 1, 0.5],  # below pseudo_thresh
-            [5, 8, 1, 0.7],  # at pseudo_thresh: not kept (strictly above)
-        ],
-        dtype=np.float32,
-    )
-    empty = GroundTruth(masks=np.zeros((0, 4, 4), bool), classes=np.zeros(0, np.int64))
-    stats = peak_statistics([peaks, np.zeros((0, 4), np.float32)], [ground_truth(), empty], 0.7)
-    assert stats == {
-        "peak_precision": 0.75,
-        "instances_one_peak": pytest.approx(1 / 3),
-        "instances_no_peak": pytest.approx(1 / 3),
-        "instances_multi_peak": pytest.approx(1 / 3),
-        "num_images": 2,
-        "num_instances": 3,
-        "num_peaks": 6,
-        "num_kept_peaks": 4,
-    }
-
-
-def test_peak_statistics_of_nothing_is_zero():
-    stats = peak_statistics([], [], 0.7)
-    assert stats["peak_precision"] == stats["instances_one_peak"] == 0.0
-    with pytest.raises(ValueError):
-        peak_statistics([np.zeros((0, 4))], [], 0.7)
 
 
 def test_peaks_file_round_trip_and_bad_lines(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from bestie.checkpoint import load_checkpoint
-from bestie.evaluation import voc_instance_map
+from bestie.metrics.instances import voc_instance_map
 from bestie.io import environment_versions
 
 from .helpers import clone_project, env_with_this_python, write_params

@@ -9,7 +9,7 @@ import pytest
 
 from bestie.data.manifest import load_manifest
 from bestie.data.png import read_label_png, write_label_png
-from bestie.evaluation import voc_instance_map
+from bestie.metrics.instances import voc_instance_map
 
 from .helpers import run_stage, write_params
 

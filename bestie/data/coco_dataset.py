@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bestie.coco import decode_segmentation, load_coco_gt
+from bestie.coco import annotation_masks, load_coco_gt
 from bestie.errors import BestieError
 from bestie.io import read_image
 
@@ -95,9 +95,7 @@ class CocoInstances(Dataset):
         image = self.read_image(image_id)
         height, width = image.shape[:2]
         annotations = self.coco.imgToAnns[image_id]
-        masks = np.zeros((len(annotations), height, width), dtype=bool)
-        for i, annotation in enumerate(annotations):
-            masks[i] = decode_segmentation(annotation["segmentation"], height, width)
+        masks = annotation_masks(annotations, height, width)
         keep = masks.any(axis=(1, 2))
         masks = masks[keep]
         labels = np.asarray([a["category_id"] for a in annotations], dtype=np.int64)[keep]

@@ -167,7 +167,11 @@ class VOCDataset:
             raise BestieError(f"{path}: image listed in {self.split}.txt not found")
         return read_image(path)
 
-    def _read_mask(self, path: Path, size: tuple[int, int]) -> np.ndarray:
+    def _read_mask(self, path: Path, image_id: str, what: str) -> np.ndarray:
+        """The label PNG at ``path``: it must exist, decode, and have image ``image_id``'s size."""
+        if not path.is_file():
+            raise BestieError(f"{path}: {what} not found for image {image_id}")
+        size = self.image_size(image_id)
         try:
             labels = read_label_png(path)
         except (UnidentifiedImageError, OSError, ValueError) as err:
@@ -181,9 +185,7 @@ class VOCDataset:
     def read_class_map(self, image_id: str) -> np.ndarray:
         """[H, W] uint8: 0 background, c+1 class c, 255 void; checked against the image."""
         path = self.class_mask_path(image_id)
-        if not path.is_file():
-            raise BestieError(f"{path}: mask not found for image {image_id}")
-        labels = self._read_mask(path, self.image_size(image_id))
+        labels = self._read_mask(path, image_id, "mask")
         bad = np.setdiff1d(np.unique(labels), np.arange(self.num_classes + 1).tolist() + [IGNORE])
         if bad.size:
             raise BestieError(
@@ -193,10 +195,7 @@ class VOCDataset:
 
     def read_object_map(self, image_id: str) -> np.ndarray:
         """[H, W] uint8: 0 background, k instance k, 255 void; checked against the image."""
-        path = self.object_mask_path(image_id)
-        if not path.is_file():
-            raise BestieError(f"{path}: object mask not found for image {image_id}")
-        return self._read_mask(path, self.image_size(image_id))
+        return self._read_mask(self.object_mask_path(image_id), image_id, "object mask")
 
     def ground_truth(self, image_id: str) -> GroundTruth:
         """Instances from SegmentationObject + SegmentationClass, 0 and 255 excluded.

@@ -1,55 +1,39 @@
-"""The embedded synthetic dataset, in the PASCAL VOC 2012 layout.
+"""One synthetic image and its VOC masks: poses, painting, scene layout, the void band.
 
-Small enough to run the whole pipeline on a laptop CPU, hard enough that weak supervision
-is a real problem:
-
-- each class is a shape with its own texture and a family of hues around its own hue
-  (``hue_spread`` wide: 1 makes colour say nothing about the class); the clutter and the
-  background take any hue, so colour alone also fires on clutter, as context does on
-  real photographs;
-- the background is textured and cluttered with class-free distractor shapes;
-- objects occlude each other (an instance's mask is its visible part);
-- a share of the images holds two touching instances of the same class: the case that
-  semantic knowledge transfer cannot split and self-refinement has to recover;
-- masks carry a thin void band (255) on instance borders, as VOC's do.
-
-Every image is a pure function of ``(params, split, index)`` with its own seeded
-generator, so the dataset is byte-identical for the same params.
+:func:`render_image` is a pure function of ``(params, split, index)``: every random draw
+comes from one generator seeded with them, in a fixed order.
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
-import os
-import xml.etree.ElementTree as ET
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
 from bestie.config import SynthesizeParams
-from bestie.data.png import read_label_png, write_label_png
+from bestie.data.synthetic.appearance import (
+    ANY_HUE,
+    CLASS_SHAPES,
+    CLASS_TEXTURES,
+    DISTRACTOR_SHAPES,
+    DISTRACTOR_TEXTURES,
+    EXTENT,
+    ShapeFn,
+    TextureFn,
+    class_hues,
+    random_colour,
+    two_tones,
+    unit_area,
+    waves,
+)
 from bestie.structures import IGNORE
 
-__all__ = [
-    "CLASS_NAMES",
-    "SyntheticImage",
-    "render_image",
-    "void_band",
-    "generate",
-    "dataset_statistics",
-    "statistics_from_root",
-]
+__all__ = ["SyntheticImage", "render_image", "void_band"]
 
-CLASS_NAMES = ("disc", "box", "triangle", "star", "ring", "cross")
-SPLITS = ("train", "val")
 
 # An instance is kept only if occlusion leaves this much of it visible.
 MIN_VISIBLE_FRACTION = 0.5
@@ -61,11 +45,6 @@ MIN_LABELLED_PIXELS = 50
 AREA_SHARE = (0.03, 0.10)
 # Texture period in px.
 PERIOD = (5.0, 8.0)
-# Every shape lies within this many radii of its centre (the box's corners: sqrt 2).
-EXTENT = 1.45
-
-# A shape is a predicate on normalised, rotated coordinates (u, v): [h, w] -> bool [h, w].
-ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -76,156 +55,6 @@ class SyntheticImage:
     class_map: np.ndarray  # [H, W] uint8: 0 background, c+1 class c, 255 void
     object_map: np.ndarray  # [H, W] uint8: 0 background, k instance k (1-based), 255 void
     classes: list[int]  # class index (0-based) of instance k+1
-
-
-# -- shapes ----------------------------------------------------------------------------
-def _disc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return u * u + v * v <= 1.0
-
-
-def _box(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return np.maximum(np.abs(u), np.abs(v)) <= 1.0
-
-
-def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    # Equilateral, circumradius 1: inside all three edges, each at distance 1/2.
-    normals = np.deg2rad([90.0, 210.0, 330.0])
-    return np.stack([u * math.cos(a) + v * math.sin(a) for a in normals]).max(0) <= 0.5
-
-
-def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    # Five points: the radius swings linearly between 0.45 and 1 with the angle.
-    phase = (np.arctan2(v, u) * (5 / (2 * math.pi))) % 1.0
-    return np.hypot(u, v) <= 0.45 + 0.55 * np.abs(1.0 - 2.0 * phase)
-
-
-def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    r2 = u * u + v * v
-    return (r2 <= 1.0) & (r2 >= 0.55**2)
-
-
-def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    au, av = np.abs(u), np.abs(v)
-    return (np.maximum(au, av) <= 1.0) & (np.minimum(au, av) <= 0.33)
-
-
-CLASS_SHAPES: tuple[ShapeFn, ...] = (_disc, _box, _triangle, _star, _ring, _cross)
-
-
-@cache
-def _unit_area(shape: ShapeFn) -> float:
-    """Area of ``shape`` at radius 1 (aspect jitter preserves it), measured on a fine grid."""
-    step = 2 * EXTENT / 512
-    axis = np.arange(-EXTENT, EXTENT, step) + step / 2
-    return float(shape(axis[None, :], axis[:, None]).sum() * step * step)
-
-
-def _blob(rng: np.random.Generator) -> ShapeFn:
-    """A lumpy closed outline: the unit circle with random low harmonics."""
-    amplitudes = rng.uniform(-0.15, 0.15, size=3)
-    phases = rng.uniform(0, 2 * math.pi, size=3)
-
-    def blob(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        theta = np.arctan2(v, u)
-        harmonics = zip((2, 3, 4), amplitudes, phases)
-        radius = 1.0 + sum(a * np.cos(k * theta + p) for k, a, p in harmonics)
-        return np.hypot(u, v) <= radius
-
-    return blob
-
-
-def _bar(rng: np.random.Generator) -> ShapeFn:
-    half_width = rng.uniform(0.06, 0.16)
-    return lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= half_width)
-
-
-def _squiggle(rng: np.random.Generator) -> ShapeFn:
-    half_width = rng.uniform(0.06, 0.12)
-    amplitude, waves = rng.uniform(0.15, 0.35), rng.uniform(1.0, 2.5)
-    phase = rng.uniform(0, 2 * math.pi)
-    return lambda u, v: (np.abs(u) <= 1.0) & (
-        np.abs(v - amplitude * np.sin(math.pi * waves * u + phase)) <= half_width
-    )
-
-
-DISTRACTOR_SHAPES = (_blob, _bar, _squiggle)
-
-
-# -- textures: [h, w] pixel offsets along the texture axes -> [h, w] float in [0, 1] ------
-def _stripes(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    return ((u / period) % 1.0 < 0.5) + np.zeros_like(v)
-
-
-def _dots(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    fu, fv = u / period, v / period
-    fu, fv = fu - np.round(fu), fv - np.round(fv)
-    return fu * fu + fv * fv < 0.16  # dot radius 0.4 periods: half the area, like the others
-
-
-def _checker(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    return (np.floor(u / period) + np.floor(v / period)) % 2 == 1
-
-
-def _rings(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    return (np.hypot(u, v) / period) % 1.0 < 0.5
-
-
-def _grid(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    return ((u / period) % 1.0 < 0.29) | ((v / period) % 1.0 < 0.29)
-
-
-def _blocks(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    """Random binary blocks of half a period: a noise texture."""
-    table = rng.random((16, 16)) < 0.5
-    size = period / 2
-    return table[np.floor(u / size).astype(np.int64) % 16, np.floor(v / size).astype(np.int64) % 16]
-
-
-def _solid(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    return np.zeros(np.broadcast_shapes(u.shape, v.shape))
-
-
-def _ramp(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    span = rng.uniform(20.0, 50.0)
-    return np.clip(0.5 + u / span, 0.0, 1.0) + np.zeros_like(v)
-
-
-def _waves(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    bend = 0.6 * np.sin(2 * math.pi * v / (3 * period))
-    return 0.5 + 0.5 * np.sin(2 * math.pi * (u / period + bend))
-
-
-TextureFn = Callable[[np.ndarray, np.ndarray, float, np.random.Generator], np.ndarray]
-# Class c is CLASS_SHAPES[c] filled with CLASS_TEXTURES[c]; clutter uses the others.
-CLASS_TEXTURES: tuple[TextureFn, ...] = (_stripes, _dots, _checker, _rings, _grid, _blocks)
-DISTRACTOR_TEXTURES: tuple[TextureFn, ...] = (_solid, _ramp, _waves)
-
-
-# -- colours -----------------------------------------------------------------------------
-# A hue family: (centre, spread) on the hue circle [0, 1); spread 1 is every hue.
-ANY_HUE = (0.0, 1.0)
-
-
-def _colour(rng: np.random.Generator, hues: tuple[float, float] = ANY_HUE) -> np.ndarray:
-    centre, spread = hues
-    hue = (centre + spread * rng.uniform(-0.5, 0.5)) % 1.0
-    saturation, value = rng.uniform(0.25, 0.9), rng.uniform(0.35, 0.95)
-    return np.array(colorsys.hsv_to_rgb(hue, saturation, value), dtype=np.float32)
-
-
-def class_hues(class_index: int, num_classes: int, spread: float) -> tuple[float, float]:
-    """The hue family of a class: centres evenly around the circle, ``spread`` wide."""
-    return class_index / num_classes, spread
-
-
-def _two_tones(
-    rng: np.random.Generator, hues: tuple[float, float] = ANY_HUE
-) -> tuple[np.ndarray, np.ndarray]:
-    """A colour of the hue family and a darker or lighter tone of it, the texture's second tone."""
-    base = _colour(rng, hues)
-    if rng.random() < 0.5:
-        return base, base * rng.uniform(0.25, 0.5)
-    return base, base + (1.0 - base) * rng.uniform(0.45, 0.75)
 
 
 # -- geometry ----------------------------------------------------------------------------
@@ -294,7 +123,7 @@ def _paint(
     hues: tuple[float, float] = ANY_HUE,
 ) -> None:
     """Fill ``footprint`` on ``canvas`` [H, W, 3] with a two-tone texture under soft light."""
-    tone_a, tone_b = _two_tones(rng, hues)
+    tone_a, tone_b = two_tones(rng, hues)
     period = rng.uniform(*PERIOD)
     u, v = _rotate(footprint.dy, footprint.dx, rng.uniform(0, 2 * math.pi))
     mix = texture(u + rng.uniform(0, period), v + rng.uniform(0, period), period, rng)
@@ -316,7 +145,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
         field += np.sin(2 * math.pi * u / rng.uniform(40, 150) + rng.uniform(0, 2 * math.pi))
     field = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
     grey = np.float32(0.5)
-    near, far = (grey + (_colour(rng) - grey) * rng.uniform(0.3, 0.8) for _ in range(2))
+    near, far = (grey + (random_colour(rng) - grey) * rng.uniform(0.3, 0.8) for _ in range(2))
     canvas = near + (far - near) * field[..., None]
     u, _ = _rotate(dy, dx, rng.uniform(0, 2 * math.pi))
     canvas *= (1.0 + rng.uniform(-0.4, 0.4) * u / max(size))[..., None]
@@ -326,7 +155,7 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     pattern = (
         lambda: ((u / period) % 1.0 < 0.15) | ((v / period) % 1.0 < 0.15),
         lambda: ((u / period) % 1.0 < 0.3) + np.zeros_like(v),
-        lambda: _waves(u, v, period, rng),
+        lambda: waves(u, v, period, rng),
     )[rng.integers(3)]()
     canvas += (rng.uniform(0.03, 0.08) * (pattern - 0.5))[..., None]
     return canvas
@@ -394,7 +223,7 @@ def _sample_shape_pose(
     low, high = AREA_SHARE
     area = scale * scale * math.exp(rng.uniform(math.log(low), math.log(high)))
     area = max(area, 2.0 * MIN_VISIBLE_PIXELS)  # tiny images: still worth keeping
-    radius = math.sqrt(area / _unit_area(shape))
+    radius = math.sqrt(area / unit_area(shape))
     stretch, angle = math.exp(rng.uniform(-0.3, 0.3)), rng.uniform(0, 2 * math.pi)
     return _Pose(*centre, radius, stretch, angle), area
 
@@ -541,129 +370,3 @@ def render_image(params: SynthesizeParams, split: str, index: int) -> SyntheticI
     image = np.clip(np.round(canvas * 255), 0, 255).astype(np.uint8)
     object_map, class_map, classes = _label_maps(stack.owner, stack.classes, params.void_width)
     return SyntheticImage(image, class_map, object_map, classes)
-
-
-def _annotation(
-    image_id: str, sample: SyntheticImage, class_names: Sequence[str]
-) -> ET.ElementTree:
-    """Minimal VOC XML: file name, size, and one named object (with its box) an instance."""
-    height, width = sample.object_map.shape
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "synthetic"
-    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
-    size = ET.SubElement(root, "size")
-    for key, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, key).text = str(value)
-    ET.SubElement(root, "segmented").text = "1"
-    instances = np.where(sample.object_map == IGNORE, 0, sample.object_map)
-    boxes = ndimage.find_objects(instances, len(sample.classes))
-    for class_index, (rows, cols) in zip(sample.classes, boxes):
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = class_names[class_index]
-        ET.SubElement(obj, "difficult").text = "0"
-        bndbox = ET.SubElement(obj, "bndbox")  # VOC boxes are 1-based and inclusive
-        corners = (cols.start + 1, rows.start + 1, cols.stop, rows.stop)
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), corners):
-            ET.SubElement(bndbox, key).text = str(value)
-    tree = ET.ElementTree(root)
-    ET.indent(tree)
-    return tree
-
-
-def generate(root: str | os.PathLike, params: SynthesizeParams) -> None:
-    """Write the whole dataset in the VOC 2012 layout into the existing, empty ``root``."""
-    root = Path(root)
-    class_names = CLASS_NAMES[: params.num_classes]
-    folders = ("JPEGImages", "SegmentationClass", "SegmentationObject", "Annotations")
-    for sub in (*folders, "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in class_names))
-    counts = {"train": params.num_train, "val": params.num_val}
-    with tqdm(total=sum(counts.values()), desc="synthesize", unit="img", disable=None) as progress:
-        for split, count in counts.items():
-            ids = [f"{split}_{index:06d}" for index in range(count)]
-            list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            list_file.write_text("".join(f"{image_id}\n" for image_id in ids))
-            for index, image_id in enumerate(ids):
-                sample = render_image(params, split, index)
-                jpeg = root / "JPEGImages" / f"{image_id}.jpg"
-                Image.fromarray(sample.image).save(jpeg, quality=90)
-                write_label_png(root / "SegmentationClass" / f"{image_id}.png", sample.class_map)
-                write_label_png(root / "SegmentationObject" / f"{image_id}.png", sample.object_map)
-                xml = root / "Annotations" / f"{image_id}.xml"
-                _annotation(image_id, sample, class_names).write(xml, encoding="utf-8")
-                progress.update()
-
-
-# -- statistics --------------------------------------------------------------------------
-def _has_touching_pair(class_map: np.ndarray, object_map: np.ndarray, void_width: int) -> bool:
-    """Whether two instances of one class are separated by at most the void band."""
-    ids = np.flatnonzero(np.bincount(object_map.ravel(), minlength=256)[1:IGNORE]) + 1
-    instance_class = np.zeros(256, dtype=np.uint8)
-    instance_class[object_map.ravel()] = class_map.ravel()
-    reach = np.ones((3, 3), dtype=bool)
-    for c in np.unique(instance_class[ids]):
-        same = ids[instance_class[ids] == c]
-        for k in same[:-1]:  # each pair is seen from its first member
-            grown = ndimage.binary_dilation(object_map == k, reach, iterations=void_width + 1)
-            if np.isin(object_map[grown], same[same > k]).any():
-                return True
-    return False
-
-
-def dataset_statistics(
-    class_maps: Sequence[np.ndarray], object_maps: Sequence[np.ndarray], void_width: int = 1
-) -> dict[str, float]:
-    """Dataset statistics measured from VOC masks: flat keys, numbers only.
-
-    Args:
-        class_maps: per image [H, W] uint8 (0 background, c+1 class c, 255 void).
-        object_maps: per image [H, W] uint8 (0 background, k instance k, 255 void).
-        void_width: the void band's width; two instances touch if one, dilated by
-            ``void_width + 1`` px (8-connected), meets the other.
-    """
-    if len(class_maps) != len(object_maps) or not class_maps:
-        raise ValueError(
-            "need as many class maps as object maps, at least one; "
-            f"got {len(class_maps)} and {len(object_maps)}"
-        )
-    instances, classes, areas, touching, void, pixels = [], [], [], 0, 0, 0
-    for class_map, object_map in zip(class_maps, object_maps):
-        if class_map.shape != object_map.shape:
-            raise ValueError(
-                f"class map {class_map.shape} and object map {object_map.shape} differ in size"
-            )
-        counts = np.bincount(object_map.ravel(), minlength=256)
-        sizes = counts[1:IGNORE][counts[1:IGNORE] > 0]
-        present = np.bincount(class_map.ravel(), minlength=256)[1:IGNORE]
-        instances.append(len(sizes))
-        classes.append(int((present > 0).sum()))
-        areas.extend(sizes.tolist())
-        touching += _has_touching_pair(class_map, object_map, void_width)
-        void += int(counts[IGNORE])
-        pixels += object_map.size
-    percentiles = np.percentile(areas, [5, 25, 50, 75, 95]) if areas else np.zeros(5)
-    return {
-        "images": float(len(instances)),
-        "instances": float(sum(instances)),
-        "instances_per_image_mean": float(np.mean(instances)),
-        "instances_per_image_min": float(min(instances)),
-        "instances_per_image_max": float(max(instances)),
-        "classes_per_image_mean": float(np.mean(classes)),
-        "touching_same_class_share": touching / len(instances),
-        **{f"instance_area_p{p}": float(v) for p, v in zip((5, 25, 50, 75, 95), percentiles)},
-        "void_share": void / pixels,
-    }
-
-
-def statistics_from_root(
-    root: str | os.PathLike, ids: Sequence[str] | None = None, void_width: int = 1
-) -> dict[str, float]:
-    """:func:`dataset_statistics` of the masks written under ``root`` (default: every split)."""
-    root = Path(root)
-    if ids is None:
-        lists = [root / "ImageSets" / "Segmentation" / f"{split}.txt" for split in SPLITS]
-        ids = [image_id for path in lists for image_id in path.read_text().split()]
-    class_maps = [read_label_png(root / "SegmentationClass" / f"{i}.png") for i in ids]
-    object_maps = [read_label_png(root / "SegmentationObject" / f"{i}.png") for i in ids]
-    return dataset_statistics(class_maps, object_maps, void_width)

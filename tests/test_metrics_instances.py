@@ -6,15 +6,20 @@ import math
 import numpy as np
 import pytest
 
-from bestie.coco import build_coco, encode_mask, masks_to_annotations
+from bestie.coco import build_coco, encode_masks, masks_to_annotations
 from bestie.errors import BestieError
-from bestie.evaluation import (
-    average_precision,
+from bestie.data.voc import GroundTruth
+from bestie.metrics.instances import (
     coco_mask_ap,
     evaluate_instances,
+    exported_label_metrics,
+    interpolated_average_precision,
+    match_at_iou,
+    transfer_metrics,
     voc_instance_ap_per_class,
     voc_instance_map,
 )
+from bestie.transfer import TransferResult
 
 SHAPE = (10, 10)
 VOC_KEYS = ("voc_map25", "voc_map50", "voc_map70", "voc_map75")
@@ -47,7 +52,8 @@ def make_gt(instances: dict[int, list[tuple[int, np.ndarray]]], num_classes: int
 
 
 def pred(image_id: int, cls: int, mask: np.ndarray, score: float) -> dict:
-    return {"image_id": image_id, "category_id": cls + 1, "segmentation": encode_mask(mask), "score": score}
+    rle = encode_masks(mask[None])[0]
+    return {"image_id": image_id, "category_id": cls + 1, "segmentation": rle, "score": score}
 
 
 # --------------------------------------------------------------------------- average precision
@@ -58,9 +64,9 @@ def test_average_precision_all_point_interpolation():
     # Interpolated precision 1 .6 .6 .6 .6 -> AP = 1/3 * 1 + 1/3 * .6 + 1/3 * .6 = 0.7333.
     # (11-point VOC2007 would give 0.7455, un-interpolated 0.7.)
     hits = np.array([1, 0, 0, 1, 1], dtype=bool)
-    assert average_precision(hits, 3) == pytest.approx(2.2 / 3)
-    assert average_precision(np.zeros(0, bool), 3) == 0.0
-    assert average_precision(np.array([1, 1], bool), 4) == pytest.approx(0.5)  # recall stops at 0.5
+    assert interpolated_average_precision(hits, 3) == pytest.approx(2.2 / 3)
+    assert interpolated_average_precision(np.zeros(0, bool), 3) == 0.0
+    assert interpolated_average_precision(np.array([1, 1], bool), 4) == pytest.approx(0.5)  # recall stops at 0.5
 
 
 # --------------------------------------------------------------------------- VOC mAP
@@ -190,3 +196,65 @@ def test_coco_mask_ap_iou_between_thresholds():
     metrics = coco_mask_ap(gt, [pred(1, 0, box((0, 6), (0, 3)), 0.9)])
     assert metrics["coco_ap50"] == pytest.approx(100.0) and metrics["coco_ap75"] == 0.0
     assert 0.0 < metrics["coco_ap"] < 100.0
+
+
+# --------------------------------------------------------------------------- pseudo labels
+
+
+def test_match_at_iou_one_to_one_same_class():
+    big_a = box((0, 5), (0, 5))  # IoU with A: 20 / 25
+    # Two predictions on A: only one can match; the one on B has the wrong class.
+    preds = np.stack([big_a, A, B])
+    assert match_at_iou(preds, np.array([0, 0, 1]), np.stack([A, B]), np.array([0, 0])) == 1
+    assert match_at_iou(preds, np.array([0, 0, 0]), np.stack([A, B]), np.array([0, 0])) == 2
+    assert match_at_iou(preds[:1], np.array([0]), A[None], np.array([0]), iou=0.9) == 0
+    assert match_at_iou(np.zeros((0, *SHAPE), bool), np.zeros(0, int), A[None], np.array([0])) == 0
+
+
+def test_match_at_iou_below_one_half_matches_each_instance_once():
+    left, right = box((0, 4), (0, 6)), box((0, 4), (4, 10))
+    # IoU: left-A 20/24, left-wide 16/40, right-A 4/40, right-wide 24/32.
+    gt = np.stack([A, box((0, 4), (2, 10))])
+    assert match_at_iou(np.stack([left, right]), np.array([0, 0]), gt, np.array([0, 0]), iou=0.3) == 2
+    assert match_at_iou(np.stack([left, left]), np.array([0, 0]), gt, np.array([0, 0]), iou=0.3) == 2
+    assert match_at_iou(np.stack([left, left]), np.array([0, 0]), gt, np.array([0, 0]), iou=0.5) == 1
+
+
+def transfer(instance_map: np.ndarray, classes: list[int], no_point: int = 0, multi_point: int = 0):
+    return TransferResult(instance_map.astype(np.int32), np.array(classes, dtype=np.int64),
+                          np.zeros((len(classes), 2), np.float32), no_point, multi_point)
+
+
+def test_transfer_metrics_hand_worked():
+    # Image a: instance 1 = A (a hit), instance 2 = C with the wrong class; image b: no ground truth.
+    results = {
+        "a": transfer(A * 1 + C * 2, [0, 0], no_point=1, multi_point=2),
+        "b": transfer(B * 1, [1], multi_point=1),
+    }
+    truth = {"a": GroundTruth(masks=np.stack([A, C]), classes=np.array([0, 1]))}
+    assert transfer_metrics(results, truth) == {
+        "images": 2,
+        "accepted_instances": 3,
+        "precision50": 50.0,  # 1 of the 2 instances of the measured image
+        "recall50": 50.0,
+        "rejected_components": 4,
+        "rejected_no_point": 1,
+        "rejected_multi_point": 3,
+        "rejected_multi_point_share": 75.0,
+    }
+
+
+def test_exported_label_metrics_counts_and_measures_only_images_with_masks():
+    truth = make_gt({1: [(0, A)], 2: []})
+    coco = make_gt({1: [(0, A)], 3: [(1, B), (1, C)]})
+    for annotation in coco["annotations"]:
+        annotation["score"] = 0.5
+    coco["images"].append({"id": 4, "file_name": "4.jpg", "height": 10, "width": 10})
+    metrics = exported_label_metrics(coco, truth)
+    assert {k: metrics[k] for k in ("images", "images_with_instances", "instances", "instances_per_image")} == {
+        "images": 3, "images_with_instances": 2, "instances": 3, "instances_per_image": 1.0,
+    }
+    assert metrics["train_voc_map50"] == 100.0 and metrics["train_coco_ap"] == 100.0  # image 3 is not measured
+    assert set(exported_label_metrics(coco, make_gt({1: []}))) == {
+        "images", "images_with_instances", "instances", "instances_per_image"
+    }

@@ -1,11 +1,14 @@
-"""Instance-segmentation metrics from COCO ground truth + COCO results.
+"""Instance masks against ground-truth instances.
 
 - :func:`voc_instance_map`: the classic VOC / SDS instance mask AP at several IoU
   thresholds (``voc_map25`` ... ``voc_map75``), the numbers BESTIE's VOC table reports.
 - :func:`coco_mask_ap`: COCO mask AP, AP50, AP75 via pycocotools' COCOeval.
 - :func:`evaluate_instances`: both, as one flat dict for ``metrics/*.json``.
+- :func:`transfer_metrics`: the pseudo instances of semantic knowledge transfer (the
+  ``pseudo_labels`` stage); :func:`exported_label_metrics`: the pseudo-label file of the
+  ``export_coco`` stage.
 
-All metrics are in percent. ``gt`` is a COCO instances path, dict or ``COCO`` object;
+The AP metrics are in percent. ``gt`` is a COCO instances path, dict or ``COCO`` object;
 ``results`` a path or a list of COCO result entries (see :mod:`bestie.coco`).
 """
 
@@ -15,23 +18,27 @@ import contextlib
 import io
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from bestie.coco import load_coco_gt, load_results, rle_areas, segmentation_to_rle
+from bestie.coco import encode_masks, load_coco_gt, load_results, rle_areas, segmentation_to_rle
 from bestie.errors import BestieError
 
 __all__ = [
     "VOC_IOU_THRESHOLDS",
-    "average_precision",
+    "interpolated_average_precision",
     "voc_instance_ap_per_class",
     "voc_instance_map",
     "coco_mask_ap",
     "evaluate_instances",
+    "match_at_iou",
+    "transfer_metrics",
+    "exported_label_metrics",
 ]
 
 VOC_IOU_THRESHOLDS = (0.25, 0.5, 0.7, 0.75)
@@ -50,7 +57,7 @@ def _load(gt: GroundTruth, results: Results) -> tuple[COCO, list[dict]]:
 # --------------------------------------------------------------------------- VOC
 
 
-def average_precision(hits: np.ndarray, num_gt: int) -> float:
+def interpolated_average_precision(hits: np.ndarray, num_gt: int) -> float:
     """All-point interpolated AP (VOC 2010+) of a ranked list of predictions.
 
     Args:
@@ -100,12 +107,12 @@ def voc_instance_ap_per_class(
     does). Walking down the ranking, a prediction is a true positive if its mask IoU with
     the best *not yet matched* ground-truth instance of its class in the same image is
     >= the threshold, and that instance becomes matched; otherwise it is a false positive
-    (so duplicates of a found object are false positives). This follows METHOD.md's
+    (so duplicates of a found object are false positives). This follows docs/method.md's
     "a not-yet-matched ground-truth instance"; the VOC devkit instead takes the highest-IoU
     instance overall and counts a false positive if it is already taken — the two differ
     only when one prediction overlaps two instances of its class by >= the threshold.
 
-    AP is the all-point interpolated area under precision/recall (:func:`average_precision`).
+    AP is the all-point interpolated area under precision/recall (:func:`interpolated_average_precision`).
     IoU is the plain mask IoU: the COCO ground truth carries no void (255) pixels, so
     unlike the SDS code void pixels are not excluded from predictions. ``iscrowd``
     instances are treated as ordinary instances (VOC has none).
@@ -153,7 +160,7 @@ def voc_instance_ap_per_class(
     ap = np.full((len(thresholds), len(category_ids)), np.nan)  # [T, C]
     for c in np.flatnonzero(num_gt):
         ranked = ranking[pred_classes[ranking] == c]
-        ap[:, c] = [average_precision(hits[ranked, t], int(num_gt[c])) for t in range(len(thresholds))]
+        ap[:, c] = [interpolated_average_precision(hits[ranked, t], int(num_gt[c])) for t in range(len(thresholds))]
     return {float(t): 100.0 * ap[k] for k, t in enumerate(thresholds)}
 
 
@@ -217,3 +224,95 @@ def evaluate_instances(gt: GroundTruth, results: Results, decimals: int = 4) -> 
     predictions = load_results(results, coco_gt)
     metrics = {**voc_instance_map(coco_gt, predictions), **coco_mask_ap(coco_gt, predictions)}
     return {key: round(float(value), decimals) for key, value in metrics.items()}
+
+
+# --------------------------------------------------------------------------- pseudo labels
+
+
+def match_at_iou(
+    pred_masks: np.ndarray, pred_classes: np.ndarray, gt_masks: np.ndarray, gt_classes: np.ndarray, iou: float = 0.5
+) -> int:
+    """Number of one-to-one matches of same-class instances with mask IoU >= ``iou``.
+
+    At IoU > 0.5 a match is unique on both sides, so counting the pairs above the
+    threshold is exact; below it, a greedy best-first assignment is used.
+
+    Args:
+        pred_masks: bool [P, H, W]; pred_classes: [P]; gt_masks: bool [G, H, W]; gt_classes: [G].
+    """
+    if len(pred_masks) == 0 or len(gt_masks) == 0:
+        return 0
+    ious = mask_utils.iou(encode_masks(pred_masks), encode_masks(gt_masks), [0] * len(gt_masks))
+    ious = np.asarray(ious) * (pred_classes[:, None] == gt_classes[None, :])
+    matched = 0
+    while ious.size and ious.max() >= iou:
+        p, g = np.unravel_index(np.argmax(ious), ious.shape)
+        ious[p, :] = -1
+        ious[:, g] = -1
+        matched += 1
+    return matched
+
+
+def transfer_metrics(results: Mapping[str, Any], ground_truth: Mapping[str, Any]) -> dict[str, float]:
+    """Pseudo-instance quality of semantic knowledge transfer against ground-truth instances.
+
+    Args:
+        results: per image name, a :class:`bestie.transfer.TransferResult` (its accepted
+            instances: ``instance_map`` [H, W], 0 none, k instance k; ``classes`` [N];
+            ``num_instances``; the ``rejected_no_point`` / ``rejected_multi_point`` counts).
+        ground_truth: per image name that has instances (a subset of ``results``), an object
+            with ``masks`` [N, H, W] and ``classes`` [N].
+
+    Returns flat metrics: precision and recall of pseudo instances at mask IoU 0.5 (recall
+    is the share of ground-truth instances that were accepted as a pseudo instance), and the
+    rejected components split into "no point" and "two or more points".
+    """
+    accepted = matched = num_gt = 0
+    for name, gt in ground_truth.items():
+        result = results[name]
+        masks = result.instance_map[None] == np.arange(1, result.num_instances + 1)[:, None, None]
+        accepted += result.num_instances
+        num_gt += len(gt.classes)
+        matched += match_at_iou(masks, result.classes, gt.masks, gt.classes)
+    no_point = sum(r.rejected_no_point for r in results.values())
+    multi_point = sum(r.rejected_multi_point for r in results.values())
+    rejected = no_point + multi_point
+    return {
+        "images": len(results),
+        "accepted_instances": sum(r.num_instances for r in results.values()),
+        "precision50": 100.0 * matched / max(accepted, 1),
+        "recall50": 100.0 * matched / max(num_gt, 1),
+        "rejected_components": rejected,
+        "rejected_no_point": no_point,
+        "rejected_multi_point": multi_point,
+        "rejected_multi_point_share": 100.0 * multi_point / max(rejected, 1),
+    }
+
+
+def exported_label_metrics(coco: dict, train_gt: dict) -> dict[str, float]:
+    """Counts of an exported pseudo-label file, and its instance metrics against the masks.
+
+    Args:
+        coco: the COCO instances dict of pseudo labels (annotations with ``score``).
+        train_gt: COCO ground truth of the training images that have masks.
+    Returns:
+        ``images``, ``images_with_instances``, ``instances``, ``instances_per_image``; and, if
+        ``train_gt`` has instances, ``train_<key>`` for each :func:`evaluate_instances` key,
+        measured on the pseudo labels of the images in ``train_gt``.
+    """
+    images, annotations = coco["images"], coco["annotations"]
+    annotated = {a["image_id"] for a in annotations}
+    stats = {
+        "images": len(images),
+        "images_with_instances": len(annotated),
+        "instances": len(annotations),
+        "instances_per_image": round(len(annotations) / max(1, len(images)), 4),
+    }
+    measured = {image["id"] for image in train_gt["images"]}
+    if train_gt["annotations"]:
+        results = [
+            {k: a[k] for k in ("image_id", "category_id", "segmentation", "score")}
+            for a in annotations if a["image_id"] in measured
+        ]
+        stats |= {f"train_{k}": v for k, v in evaluate_instances(train_gt, results).items()}
+    return stats
