@@ -24,7 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from bestie.data.voc import GroundTruth
+from bestie.structures import GroundTruth
 from bestie.errors import BestieError
 from bestie.io import read_json
 

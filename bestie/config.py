@@ -175,7 +175,7 @@ class TrainParams:
 class SegRefineParams:
     """The predicted class probabilities snapped to image edges before grouping.
 
-    The ``wsss`` stage's pixel-adaptive refinement (:func:`bestie.cam.pamr`), run on the
+    The ``wsss`` stage's pixel-adaptive refinement (:func:`bestie.edge_refine.pamr`), run on the
     network's softmax instead of on CAMs: fewer iterations, since the maps are already sharp.
     """
 

@@ -27,7 +27,7 @@ from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.metrics.classification import classification_metrics
 from bestie.io import write_metrics
 from bestie.runtime import seed_everything, select_device
-from bestie.stage import run_stage
+from bestie.stage import add_arguments, run_stage
 from bestie.training import LoopSettings, build_optimizer, epoch_batches, load_train_state, state_saver, step_lr, train
 
 # `classifier` params that do not change the trained weights: changing them still resumes.
@@ -92,11 +92,13 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest", default="data/prepared/manifest.json")
-    parser.add_argument("--out", default="data/models/pam.pt")
-    parser.add_argument("--metrics", default="metrics/classifier.json")
-    parser.add_argument("--state-dir", default="data/train_state",
-                        help="resumable checkpoints (not a DVC output, so an interrupted run keeps them)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_arguments(
+        parser,
+        manifest="data/prepared/manifest.json",
+        out="data/models/pam.pt",
+        metrics="metrics/classifier.json",
+        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        device="auto",
+    )
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

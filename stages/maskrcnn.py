@@ -19,7 +19,7 @@ from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_tsv
 from bestie.maskrcnn import LOSS_NAMES, MaskRCNNLosses, build_maskrcnn, predict_maskrcnn
 from bestie.runtime import seed_everything, select_device
-from bestie.stage import run_stage
+from bestie.stage import add_arguments, run_stage
 from bestie.training import (
     LoopSettings, build_optimizer, iteration_batches, load_train_state, poly_lr, state_saver, train,
 )
@@ -80,16 +80,18 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--annotations", default="data/coco/train_pseudo.json")
-    parser.add_argument("--val-gt", default="data/eval/val_gt.json")
-    parser.add_argument("--out", default="data/models/maskrcnn.pt")
-    parser.add_argument("--log", default="metrics/maskrcnn/log.tsv")
-    parser.add_argument("--eval-out", default="data/eval/maskrcnn")
-    parser.add_argument("--metrics", default="metrics/maskrcnn.json")
-    parser.add_argument("--gallery", default="metrics/gallery/maskrcnn")
-    parser.add_argument("--state-dir", default="data/train_state",
-                        help="resumable checkpoints (not a DVC output, so an interrupted run keeps them)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_arguments(
+        parser,
+        prepared="data/prepared",
+        annotations="data/coco/train_pseudo.json",
+        val_gt="data/eval/val_gt.json",
+        out="data/models/maskrcnn.pt",
+        log="metrics/maskrcnn/log.tsv",
+        eval_out="data/eval/maskrcnn",
+        metrics="metrics/maskrcnn.json",
+        gallery="metrics/gallery/maskrcnn",
+        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        device="auto",
+    )
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

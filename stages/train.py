@@ -21,7 +21,7 @@ from bestie.io import write_tsv
 from bestie.losses import BestieCriterion, BestieTraining
 from bestie.models import BestieNet
 from bestie.runtime import seed_everything
-from bestie.stage import run_stage
+from bestie.stage import add_arguments, run_stage
 from bestie.training import (
     LoopSettings, build_optimizer, iteration_batches, load_train_state, poly_lr, state_saver, train as train_loop,
 )
@@ -91,13 +91,15 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--wsss", default="data/wsss")
-    parser.add_argument("--pseudo-labels", default="data/pseudo_labels")
-    parser.add_argument("--out", default="data/models/bestie.pt")
-    parser.add_argument("--log", default="metrics/train/log.tsv")
-    parser.add_argument("--state-dir", default="data/train_state",
-                        help="resumable checkpoints (not a DVC output, so an interrupted run keeps them)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_arguments(
+        parser,
+        prepared="data/prepared",
+        wsss="data/wsss",
+        pseudo_labels="data/pseudo_labels",
+        out="data/models/bestie.pt",
+        log="metrics/train/log.tsv",
+        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        device="auto",
+    )
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bestie.data.voc import GroundTruth
+from bestie.structures import GroundTruth
 from bestie.metrics.classification import classification_metrics, multilabel_average_precision
 from bestie.metrics.peaks import peak_statistics
 from bestie.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, wsss_confusions, wsss_metrics

@@ -8,7 +8,7 @@ import pytest
 
 from bestie.coco import build_coco, encode_masks, masks_to_annotations
 from bestie.errors import BestieError
-from bestie.data.voc import GroundTruth
+from bestie.structures import GroundTruth
 from bestie.metrics.instances import (
     coco_mask_ap,
     evaluate_instances,
@@ -19,7 +19,7 @@ from bestie.metrics.instances import (
     voc_instance_ap_per_class,
     voc_instance_map,
 )
-from bestie.transfer import TransferResult
+from bestie.structures import PseudoLabel
 
 SHAPE = (10, 10)
 VOC_KEYS = ("voc_map25", "voc_map50", "voc_map70", "voc_map75")
@@ -221,8 +221,8 @@ def test_match_at_iou_below_one_half_matches_each_instance_once():
 
 
 def transfer(instance_map: np.ndarray, classes: list[int], no_point: int = 0, multi_point: int = 0):
-    return TransferResult(instance_map.astype(np.int32), np.array(classes, dtype=np.int64),
-                          np.zeros((len(classes), 2), np.float32), no_point, multi_point)
+    return PseudoLabel(instance_map.astype(np.int32), np.array(classes, dtype=np.int64),
+                       np.zeros((len(classes), 2), np.float32), no_point, multi_point)
 
 
 def test_transfer_metrics_hand_worked():

@@ -1,4 +1,4 @@
-"""Training targets (METHOD.md §3): Gaussians, offsets, weights, exactness under augmentation."""
+"""Training targets (docs/method.md §3): Gaussians, offsets, weights, exactness under augmentation."""
 
 from __future__ import annotations
 

@@ -43,11 +43,11 @@ __all__ = [
 
 VOC_IOU_THRESHOLDS = (0.25, 0.5, 0.7, 0.75)
 
-GroundTruth = str | os.PathLike | dict | COCO
+CocoGroundTruth = str | os.PathLike | dict | COCO
 Results = str | os.PathLike | list[dict]
 
 
-def _load(gt: GroundTruth, results: Results) -> tuple[COCO, list[dict]]:
+def _load(gt: CocoGroundTruth, results: Results) -> tuple[COCO, list[dict]]:
     coco_gt = load_coco_gt(gt)
     if not coco_gt.dataset["annotations"]:
         raise BestieError("ground truth: no instances to evaluate against")
@@ -98,7 +98,7 @@ def _match_image(iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def voc_instance_ap_per_class(
-    gt: GroundTruth, results: Results, iou_thresholds: Sequence[float] = VOC_IOU_THRESHOLDS
+    gt: CocoGroundTruth, results: Results, iou_thresholds: Sequence[float] = VOC_IOU_THRESHOLDS
 ) -> dict[float, np.ndarray]:
     """Classic VOC / SDS instance mask AP per class, in percent.
 
@@ -165,7 +165,7 @@ def voc_instance_ap_per_class(
 
 
 def voc_instance_map(
-    gt: GroundTruth, results: Results, iou_thresholds: Sequence[float] = VOC_IOU_THRESHOLDS
+    gt: CocoGroundTruth, results: Results, iou_thresholds: Sequence[float] = VOC_IOU_THRESHOLDS
 ) -> dict[str, float]:
     """VOC instance mAP in percent: {"voc_map25": ..., "voc_map50": ..., ...}.
 
@@ -199,7 +199,7 @@ def _results_to_coco(coco_gt: COCO, predictions: list[dict]) -> COCO:
     return coco
 
 
-def coco_mask_ap(gt: GroundTruth, results: Results) -> dict[str, float]:
+def coco_mask_ap(gt: CocoGroundTruth, results: Results) -> dict[str, float]:
     """COCO mask AP (IoU .50:.95), AP50, AP75 in percent: {"coco_ap", "coco_ap50", "coco_ap75"}.
 
     pycocotools' COCOeval(iouType="segm") with its defaults (100 detections per image,
@@ -218,7 +218,7 @@ def coco_mask_ap(gt: GroundTruth, results: Results) -> dict[str, float]:
     return {"coco_ap": ap, "coco_ap50": ap50, "coco_ap75": ap75}
 
 
-def evaluate_instances(gt: GroundTruth, results: Results, decimals: int = 4) -> dict[str, float]:
+def evaluate_instances(gt: CocoGroundTruth, results: Results, decimals: int = 4) -> dict[str, float]:
     """All instance metrics (VOC mAP25/50/70/75, COCO AP/AP50/AP75) in percent, rounded."""
     coco_gt = load_coco_gt(gt)
     predictions = load_results(results, coco_gt)
@@ -257,7 +257,7 @@ def transfer_metrics(results: Mapping[str, Any], ground_truth: Mapping[str, Any]
     """Pseudo-instance quality of semantic knowledge transfer against ground-truth instances.
 
     Args:
-        results: per image name, a :class:`bestie.transfer.TransferResult` (its accepted
+        results: per image name, a :class:`bestie.structures.PseudoLabel` (its accepted
             instances: ``instance_map`` [H, W], 0 none, k instance k; ``classes`` [N];
             ``num_instances``; the ``rejected_no_point`` / ``rejected_multi_point`` counts).
         ground_truth: per image name that has instances (a subset of ``results``), an object

@@ -22,7 +22,7 @@ def peak_statistics(
     Args:
         peaks: per image, [K, 4] (x, y, class, score).
         ground_truth: per image, an object with ``masks`` [N, H, W] bool and ``classes`` [N]
-            (e.g. :class:`bestie.data.voc.GroundTruth`).
+            (e.g. :class:`bestie.structures.GroundTruth`).
         pseudo_thresh: peaks with score > this are kept.
     Returns:
         ``peak_precision``: share of kept peaks that hit an instance;

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bestie.cam import IGNORE
+from bestie.structures import IGNORE
 
 __all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "wsss_confusions", "wsss_metrics"]
 
