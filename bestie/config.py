@@ -136,7 +136,16 @@ class PseudoLabelParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
+class LoopCadenceParams:
+    """How often an iteration-trained model logs and saves its resumable state (train, maskrcnn)."""
+
+    checkpoint_every: int = _f(500, min=1)
+    log_every: int = _f(20, min=1)
+    resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
+
+
+@dataclass(frozen=True)
+class TrainParams(LoopCadenceParams):
     """The BESTIE network and its training with self-refinement (docs/method.md §4-§6)."""
 
     backbone: str = _f("small", choices=tuple(BACKBONES))
@@ -166,9 +175,6 @@ class TrainParams:
     refine_max_instances: int = _f(5, min=1)
     amp: bool = _f(True)  # only takes effect on CUDA
     workers: int = _f(2, min=0)
-    checkpoint_every: int = _f(500, min=1)
-    log_every: int = _f(20, min=1)
-    resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
 
 
 @dataclass(frozen=True)
@@ -220,7 +226,7 @@ class ExportCocoParams:
 
 
 @dataclass(frozen=True)
-class MaskRCNNParams:
+class MaskRCNNParams(LoopCadenceParams):
     """torchvision's Mask R-CNN trained on the exported pseudo labels (docs/method.md §8)."""
 
     # bestie.maskrcnn.MASKRCNN_BACKBONES (it imports this module; a test keeps the two equal)
@@ -241,9 +247,6 @@ class MaskRCNNParams:
     detections_per_image: int = _f(50, min=1)
     mask_thresh: float = _f(0.5, min=0.0, max=1.0)  # soft mask -> binary mask
     workers: int = _f(0, min=0)
-    checkpoint_every: int = _f(500, min=1)
-    log_every: int = _f(20, min=1)
-    resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
 
 
 @dataclass(frozen=True)
