@@ -97,7 +97,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
         raw_cam=cfg.source == "compute",
     )
     write_metrics(args.metrics, metrics)
-    summary = f"mIoU {metrics.get('miou')}" + (f" (raw CAM {metrics['miou_raw_cam']})" if "miou_raw_cam" in metrics else "")
+    raw_cam = f" (raw CAM {metrics['miou_raw_cam']})" if "miou_raw_cam" in metrics else ""
+    summary = f"mIoU {metrics.get('miou')}{raw_cam}"
     print(f"wsss: {len(manifest.train)} images ({cfg.source}) in {seconds:.1f} s; {summary}, "
           f"ignore {100 * metrics['ignore_share']:.1f}% of pixels")
 
