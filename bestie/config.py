@@ -30,6 +30,7 @@ from bestie.models.backbones import BACKBONES
 __all__ = ["Params", "load_params", "parse_params", "parse_section", "SUPERVISIONS"]
 
 SUPERVISIONS = ("cls", "point", "full")
+INPUT_SOURCES = ("compute", "read")  # a stage's output computed, or read from precomputed files
 MAX_SEED = 2**32 - 1  # the usual seed range (torch.manual_seed fails beyond 64 bits)
 _PARITY = {"even": 0, "odd": 1}
 
@@ -108,6 +109,9 @@ class PeaksParams:
     score_thresh: float = _f(0.1, min=0.0, max=1.0)
     pseudo_thresh: float = _f(0.3, min=0.0, max=1.0)  # only peaks above it are used downstream (published 0.7)
     batch_size: int = _f(16, min=1)  # images of different sizes are padded to the largest
+    # compute: from the classifier (cls) or the given points (point, full); read: ID.txt files
+    source: str = _f("compute", choices=INPUT_SOURCES)
+    points_dir: str = _f("Peak_points", nonempty=True)  # source read: absolute, or under data.root
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class WSSSParams:
     iterations: int = _f(30, min=0)
     min_confidence: float = _f(0.5, min=0.0, max=1.0)  # less confident pixels become 255 (ignore)
     gallery: int = _f(6, min=0)  # training images drawn in the gallery
+    source: str = _f("compute", choices=INPUT_SOURCES)  # read: any WSSS method's maps, ID.png
+    maps_dir: str = _f("WSSS_maps", nonempty=True)  # source read: absolute, or under data.root
 
 
 @dataclass(frozen=True)

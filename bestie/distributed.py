@@ -1,13 +1,19 @@
-"""Multi-process training through ``torchrun``: gloo on the CPU, nccl on CUDA.
+"""Multi-process training and inference through ``torchrun``: gloo on the CPU, nccl on CUDA.
 
 A plain ``python`` start is a world of one and touches no process group, so the same code
 runs on a laptop, one GPU, or ``torchrun --nproc_per_node=4``.
+
+Inference over a list of images shards it: each process takes its contiguous part
+(:func:`shard`), and :func:`gather_shards` concatenates the parts' results on the main
+process in rank order, which is the list's order: the merged result is the one process's.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -15,7 +21,9 @@ import torch.distributed as dist
 from bestie.errors import BestieError
 from bestie.runtime import select_device
 
-__all__ = ["DistContext", "init_distributed", "all_reduce_mean", "shutdown_distributed"]
+__all__ = ["DistContext", "init_distributed", "all_reduce_mean", "shard", "gather_shards", "shutdown_distributed"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,27 @@ def all_reduce_mean(value: torch.Tensor, context: DistContext) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / context.world_size
+
+
+def shard(items: Sequence[T], context: DistContext | None) -> Sequence[T]:
+    """This process's contiguous part of ``items`` (all of them for ``context`` None: one
+    process); the parts' sizes differ by at most one."""
+    if context is None:
+        return items
+    count = len(items)
+    return items[count * context.rank // context.world_size : count * (context.rank + 1) // context.world_size]
+
+
+def gather_shards(part: list[T], context: DistContext | None) -> list[T] | None:
+    """Every process's ``part`` concatenated in rank order, on the main process; None on the others.
+
+    ``part`` must pickle (``torch.distributed.gather_object``); every process must call this.
+    """
+    if context is None or not context.distributed:
+        return list(part)
+    parts = [None] * context.world_size if context.is_main else None
+    dist.gather_object(part, parts, dst=0)
+    return [item for p in parts for item in p] if context.is_main else None
 
 
 def shutdown_distributed() -> None:

@@ -2,6 +2,8 @@
 
 ``supervision: cls``: the peaks of the PAM classifier's class maps (the image's own classes).
 ``supervision: point`` / ``full``: the dataset's given points, score 1.0.
+``peaks.source: read``: any method's peaks from ``peaks.points_dir/ID.txt`` ("x y class_index
+score" a line), checked against the image sizes and the classes, whatever the supervision.
 """
 
 import argparse
@@ -16,6 +18,7 @@ from bestie.coco import ground_truth_by_image
 from bestie.config import Params
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import ImageRecord, Manifest, load_manifest
+from bestie.data.precomputed import input_dir, read_point_file
 from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
 from bestie.io import atomic_dir, read_json, write_metrics
@@ -58,10 +61,20 @@ def classifier_peaks(params: Params, manifest: Manifest, model_path: str, device
     return peaks
 
 
+def read_peaks_dir(params: Params, manifest: Manifest) -> list[np.ndarray]:
+    points_dir = input_dir(params.peaks.points_dir, params.data.root, "peaks.points_dir")
+    return [
+        read_point_file(points_dir / f"{r.name}.txt", manifest.num_classes, (r.height, r.width))
+        for r in manifest.train
+    ]
+
+
 def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(args.manifest)
     records = list(manifest.train)
-    if params.supervision == "cls":
+    if params.peaks.source == "read":
+        peaks = read_peaks_dir(params, manifest)
+    elif params.supervision == "cls":
         peaks = classifier_peaks(params, manifest, args.model, args.device)
     else:
         peaks = given_points(records, args.manifest)

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from bestie.data.png import read_label_png
+from bestie.data.precomputed import read_point_file
 from bestie.errors import BestieError
 from bestie.io import read_image
 from bestie.structures import IGNORE, GroundTruth
@@ -274,14 +275,5 @@ class VOCDataset:
         return interior_points(gt.masks), gt.classes
 
     def _read_center_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
-        try:
-            table = np.array([[float(v) for v in row[:3]] for row in rows], dtype=np.float64).reshape(-1, 3)
-        except ValueError:
-            raise BestieError(f"{path}: expected lines 'x y class_index score'") from None
-        if any(len(row) < 3 for row in rows):
-            raise BestieError(f"{path}: expected lines 'x y class_index score'")
-        classes = table[:, 2].astype(np.int64)
-        if ((classes < 0) | (classes >= self.num_classes)).any():
-            raise BestieError(f"{path}: class index out of range 0..{self.num_classes - 1}")
-        return table[:, :2].astype(np.float32), classes
+        table = read_point_file(path, self.num_classes)
+        return table[:, :2], table[:, 2].astype(np.int64)
