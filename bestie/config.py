@@ -52,6 +52,9 @@ class DataParams:
 class SynthesizeParams:
     """The embedded synthetic VOC2012-format dataset."""
 
+    # bestie.data.synthetic.STYLES (it imports this module; a test keeps the two equal).
+    # heldout: other shapes, textures, sizes, clutter; never tune defaults on it
+    style: str = _f("embedded", choices=("embedded", "heldout"))
     num_train: int = _f(400, min=1)
     num_val: int = _f(100, min=1)
     num_classes: int = _f(6, min=1, max=6)

@@ -1,4 +1,4 @@
-"""The embedded synthetic dataset, in the PASCAL VOC 2012 layout.
+"""The synthetic datasets (the embedded one and a held-out style), in the PASCAL VOC 2012 layout.
 
 Small enough to run the whole pipeline on a laptop CPU, hard enough that weak supervision
 is a real problem:
@@ -24,9 +24,11 @@ The package: :mod:`~bestie.data.synthetic.appearance` (shapes, textures, colours
 from bestie.data.synthetic.appearance import CLASS_NAMES
 from bestie.data.synthetic.dataset import dataset_statistics, generate, statistics_from_root
 from bestie.data.synthetic.scene import SyntheticImage, render_image, void_band
+from bestie.data.synthetic.styles import STYLES
 
 __all__ = [
     "CLASS_NAMES",
+    "STYLES",
     "SyntheticImage",
     "render_image",
     "void_band",
