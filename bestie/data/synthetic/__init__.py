@@ -16,7 +16,13 @@ is a real problem:
 Every image is a pure function of ``(params, split, index)`` with its own seeded
 generator, so the dataset is byte-identical for the same params.
 
-The package: :mod:`~bestie.data.synthetic.appearance` (shapes, textures, colours),
+``synthesize.style`` picks how the images look (:data:`STYLES`): ``embedded`` (the default, on
+which the defaults were chosen) or ``heldout`` (other shapes, textures, sizes and clutter, never
+tuned on); the scene composition above is shared.
+
+The package: :mod:`~bestie.data.synthetic.appearance` (the embedded style's shapes, textures and
+background; the colours of every style), :mod:`~bestie.data.synthetic.heldout` (the held-out
+style's looks), :mod:`~bestie.data.synthetic.styles` (the style registry),
 :mod:`~bestie.data.synthetic.scene` (one image and its masks), :mod:`~bestie.data.synthetic.dataset`
 (the dataset on disk, and its statistics).
 """
