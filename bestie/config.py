@@ -53,6 +53,9 @@ class DataParams:
 class SynthesizeParams:
     """The embedded synthetic VOC2012-format dataset."""
 
+    # bestie.data.synthetic.STYLES (it imports this module; a test keeps the two equal).
+    # heldout: other shapes, textures, sizes, clutter; never tune defaults on it
+    style: str = _f("embedded", choices=("embedded", "heldout"))
     num_train: int = _f(400, min=1)
     num_val: int = _f(100, min=1)
     num_classes: int = _f(6, min=1, max=6)
@@ -131,6 +134,9 @@ class WSSSParams:
     gallery: int = _f(6, min=0)  # training images drawn in the gallery
     source: str = _f("compute", choices=INPUT_SOURCES)  # read: any WSSS method's maps, ID.png
     maps_dir: str = _f("WSSS_maps", nonempty=True)  # source read: absolute, or under data.root
+    # The seed's second step: a segmentation network trained on these maps predicts the maps
+    # used downstream (the wsss_network section). false: the maps pass through unchanged.
+    network: bool = _f(False)
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,30 @@ class LoopCadenceParams:
     checkpoint_every: int = _f(500, min=1)
     log_every: int = _f(20, min=1)
     resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
+
+
+@dataclass(frozen=True)
+class WSSSNetworkParams(LoopCadenceParams):
+    """The segmentation network (DeepLab-style) trained on the wsss maps, when ``wsss.network`` is on."""
+
+    backbone: str = _f("small", choices=tuple(BACKBONES))
+    pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
+    iterations: int = _f(1000, min=1)
+    batch_size: int = _f(8, min=1)
+    crop_size: int = _f(128, min=16)
+    scale_min: float = _f(0.7, min=0.1)
+    scale_max: float = _f(1.3, min=0.1)
+    optimizer: str = _f("adam", choices=("adam", "adamw", "sgd"))  # sgd: momentum 0.9
+    lr: float = _f(1e-3, min=0.0)
+    weight_decay: float = _f(1e-4, min=0.0)
+    warmup_iters: int = _f(50, min=0)
+    poly_power: float = _f(0.9, min=0.0)
+    bn_momentum: float = _f(0.01, min=0.0, max=1.0)
+    hard_pixel_ratio: float = _f(1.0, min=0.0, max=1.0)  # share of the hardest pixels the loss keeps (1: all)
+    flip: bool = _f(True)  # predict: average the image's and its mirror image's probabilities
+    min_confidence: float = _f(0.0, min=0.0, max=1.0)  # predict: less confident pixels become 255
+    amp: bool = _f(True)  # only takes effect on CUDA
+    workers: int = _f(0, min=0)
 
 
 @dataclass(frozen=True)
@@ -264,6 +294,7 @@ class Params:
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     peaks: PeaksParams = field(default_factory=PeaksParams)
     wsss: WSSSParams = field(default_factory=WSSSParams)
+    wsss_network: WSSSNetworkParams = field(default_factory=WSSSNetworkParams)
     pseudo_labels: PseudoLabelParams = field(default_factory=PseudoLabelParams)
     train: TrainParams = field(default_factory=TrainParams)
     inference: InferenceParams = field(default_factory=InferenceParams)
@@ -283,7 +314,7 @@ class Params:
                 "params: synthesize.max_classes_per_image "
                 f"({s.max_classes_per_image}) exceeds synthesize.num_classes ({s.num_classes})"
             )
-        for name in ("classifier", "train"):
+        for name in ("classifier", "wsss_network", "train"):
             section = getattr(self, name)
             if section.scale_min > section.scale_max:
                 raise BestieError(

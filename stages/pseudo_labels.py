@@ -44,7 +44,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             continue
         path = Path(args.wsss) / f"{record.name}.png"
         if not path.is_file():
-            raise BestieError(f"{path}: WSSS map not found; re-run the wsss stage")
+            raise BestieError(f"{path}: WSSS map not found; re-run the wsss and wsss_network stages")
         table = peaks.get(record.name, NO_PEAKS)  # images without peaks are not in the table
         points, classes = filter_points(
             table[:, :2], table[:, 2].astype(int), table[:, 3], params.peaks.pseudo_thresh
@@ -61,7 +61,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, prepared="data/prepared", wsss="data/wsss", peaks="data/peaks/peaks.tsv",
+    add_arguments(parser, prepared="data/prepared", wsss="data/wsss_network", peaks="data/peaks/peaks.tsv",
                   out="data/pseudo_labels", metrics="metrics/pseudo_labels.json")
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

@@ -1,4 +1,4 @@
-"""DVC stage `synthesize`: generate the embedded synthetic VOC2012-format dataset."""
+"""DVC stage `synthesize`: generate the synthetic VOC2012-format dataset in the style `synthesize.style`."""
 
 import argparse
 

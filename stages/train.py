@@ -94,7 +94,7 @@ if __name__ == "__main__":
     add_arguments(
         parser,
         prepared="data/prepared",
-        wsss="data/wsss",
+        wsss="data/wsss_network",
         pseudo_labels="data/pseudo_labels",
         out="data/models/bestie.pt",
         log="metrics/train/log.tsv",

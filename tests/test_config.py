@@ -75,6 +75,15 @@ def test_ints_widen_to_floats() -> None:
         ({"seed": MAX_SEED + 1}, f"seed must be <= {MAX_SEED}, got {MAX_SEED + 1}"),
         ({"synthesize": {"seed": -1}}, "synthesize.seed must be >= 0, got -1"),
         ({"maskrcnn": {"min_size": ["800"]}}, "maskrcnn.min_size[0] must be int, got '800'"),
+        ({"wsss": {"network": "yes"}}, "wsss.network must be bool, got 'yes'"),
+        ({"wsss": {"network": 1}}, "wsss.network must be bool, got 1"),
+        ({"wsss_network": {"iterations": 0}}, "wsss_network.iterations must be >= 1, got 0"),
+        ({"wsss_network": {"optimizer": "lbfgs"}}, "wsss_network.optimizer must be one of adam | adamw | sgd"),
+        ({"wsss_network": {"min_confidence": 1.5}}, "wsss_network.min_confidence must be <= 1.0, got 1.5"),
+        ({"wsss_network": {"scale_min": 1.5, "scale_max": 1.2}},
+         "wsss_network.scale_min (1.5) must not exceed wsss_network.scale_max (1.2)"),
+        ({"wsss_network": {"epochs": 3}}, "unknown key wsss_network.epochs"),
+        ({"synthesize": {"style": "photo"}}, "synthesize.style must be one of embedded | heldout, got 'photo'"),
     ],
 )
 def test_bad_values_name_their_key(raw: dict, message: str) -> None:
@@ -82,7 +91,7 @@ def test_bad_values_name_their_key(raw: dict, message: str) -> None:
         parse_params(raw)
 
 
-@pytest.mark.parametrize("section", ["classifier", "train"])
+@pytest.mark.parametrize("section", ["classifier", "wsss_network", "train"])
 def test_backbone_choices_are_the_registry(section: str) -> None:
     for name in BACKBONES:
         assert getattr(parse_params({section: {"backbone": name}}), section).backbone == name

@@ -115,7 +115,8 @@ def test_predict_on_val_images_equals_the_evaluate_stage(project: Path) -> None:
 
 EDGES = {
     ("check_params", "synthesize"), ("check_params", "prepare"), ("synthesize", "prepare"), ("prepare", "classifier"), ("classifier", "peaks"), ("classifier", "wsss"),
-    ("peaks", "pseudo_labels"), ("wsss", "pseudo_labels"), ("pseudo_labels", "train"), ("train", "evaluate"),
+    ("peaks", "pseudo_labels"), ("wsss", "wsss_network"), ("wsss_network", "pseudo_labels"),
+    ("wsss_network", "train"), ("pseudo_labels", "train"), ("train", "evaluate"),
     ("train", "export_coco"), ("export_coco", "maskrcnn"),
 }
 

@@ -94,7 +94,7 @@ class BestieTrainDataset(Dataset):
             return self.voc.read_class_map(record.name)
         path = self.semantic_dir / f"{record.name}.png"
         if not path.is_file():
-            raise BestieError(f"{path}: WSSS map not found; re-run the wsss stage")
+            raise BestieError(f"{path}: WSSS map not found; re-run the wsss and wsss_network stages")
         return read_label_png(path)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:

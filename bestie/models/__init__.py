@@ -1,4 +1,5 @@
-"""Networks: swappable backbones, the PAM classifier and the BESTIE (Panoptic-DeepLab) network.
+"""Networks: swappable backbones, the PAM classifier, the BESTIE (Panoptic-DeepLab) network and
+the DeepLab-style segmentation network of the WSSS step.
 
 Every model takes ImageNet-normalised RGB images ``[B, 3, H, W]`` and returns a dict of
 named outputs.
@@ -13,6 +14,7 @@ from bestie.models.backbones import (
     build_backbone,
 )
 from bestie.models.pam import PAMClassifier, PeakAttention, multilabel_loss, peak_attention
+from bestie.models.deeplab import SegmentationNet
 from bestie.models.panoptic_deeplab import BestieNet
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "PAMClassifier",
     "PeakAttention",
     "ResNetBackbone",
+    "SegmentationNet",
     "SmallBackbone",
     "VGG16Backbone",
     "build_backbone",

@@ -30,6 +30,9 @@ __all__ = [
     "DecoderSpec",
     "BestieNet",
     "default_decoder_specs",
+    "build_decoder",
+    "set_bn_momentum",
+    "resize",
 ]
 
 
@@ -206,7 +209,23 @@ def default_decoder_specs(backbone: Backbone) -> tuple[DecoderSpec, DecoderSpec]
     return DecoderSpec(256, (64, 32), 256, rates), DecoderSpec(128, (32, 16), 32, rates)
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+def build_decoder(backbone: Backbone, spec: DecoderSpec) -> Decoder:
+    """A :class:`Decoder` of ``spec``'s widths over ``backbone``'s deepest and low-level features."""
+    return Decoder(backbone.out_channels, backbone.deepest, backbone.low_level,
+                   spec.project_channels, spec.channels, spec.aspp_rates, spec.separable)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
+    """Set every BatchNorm's momentum (PyTorch convention); None leaves them as they are."""
+    if momentum is None:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = momentum
+
+
+def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, K, h, w] -> [B, K, *size], bilinear (align_corners=False)."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
@@ -241,20 +260,12 @@ class BestieNet(nn.Module):
             backbone = build_backbone(backbone, pretrained)
         self.backbone = backbone
         semantic, instance = default_decoder_specs(backbone)
-
-        def decoder(spec: DecoderSpec) -> Decoder:
-            return Decoder(backbone.out_channels, backbone.deepest, backbone.low_level,
-                           spec.project_channels, spec.channels, spec.aspp_rates, spec.separable)
-
-        self.semantic_decoder = decoder(semantic)
-        self.instance_decoder = decoder(instance)
+        self.semantic_decoder = build_decoder(backbone, semantic)
+        self.instance_decoder = build_decoder(backbone, instance)
         self.seg_head = Head(semantic.channels, semantic.head_channels, num_classes + 1, semantic.separable)
         self.center_head = Head(instance.channels, instance.head_channels, num_classes, instance.separable)
         self.offset_head = Head(instance.channels, instance.head_channels, 2, instance.separable)
-        if bn_momentum is not None:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.momentum = bn_momentum
+        set_bn_momentum(self, bn_momentum)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """images [B, 3, H, W] -> {"seg": [B, C+1, H, W], "center": [B, C, H, W],
@@ -268,7 +279,7 @@ class BestieNet(nn.Module):
         offset = self.offset_head(instance)
         cell = offset.new_tensor([size[0] / offset.shape[-2], size[1] / offset.shape[-1]])
         return {
-            "seg": _resize(self.seg_head(semantic), size),
-            "center": _resize(self.center_head(instance), size),
-            "offset": _resize(offset, size) * cell.view(1, 2, 1, 1),
+            "seg": resize(self.seg_head(semantic), size),
+            "center": resize(self.center_head(instance), size),
+            "offset": resize(offset, size) * cell.view(1, 2, 1, 1),
         }
