@@ -24,10 +24,9 @@ from tqdm import tqdm
 
 from bestie.coco import masks_to_results
 from bestie.data.manifest import ImageRecord
-from bestie.data.voc import VOCDataset
-from bestie.io import atomic_dir, write_json, write_metrics
+from bestie.io import atomic_dir, read_image, write_json, write_metrics
 from bestie.metrics.instances import evaluate_instances
-from bestie.structures import Instances
+from bestie.structures import GroundTruth, Instances
 from bestie.visualize import overlay_instances, panels
 
 __all__ = ["Predictor", "SplitPredictions", "predict_split", "write_evaluation"]
@@ -43,20 +42,24 @@ class SplitPredictions:
 
 def predict_split(
     predict: Predictor,
-    voc: VOCDataset,
     records: Sequence[ImageRecord],
     class_names: Sequence[str],
+    category_ids: Sequence[int],
+    ground_truth: Mapping[int, GroundTruth],
     gallery_size: int = 0,
     desc: str = "evaluate",
 ) -> SplitPredictions:
-    """Run ``predict`` on every image of ``records``; draw the first ``gallery_size`` of them."""
+    """Run ``predict`` on every image of ``records``; draw the first ``gallery_size`` of them
+    beside their ``ground_truth`` (by image id). Results carry the dataset's ``category_ids``."""
     out = SplitPredictions()
     for record in tqdm(records, desc=desc, disable=None):
-        image = voc.read_image(record.name)
+        image = read_image(record.path)
         instances = predict(image, record)
-        out.results += masks_to_results(instances.masks, instances.classes, instances.scores, record.image_id)
+        out.results += masks_to_results(
+            instances.masks, instances.classes, instances.scores, record.image_id, category_ids
+        )
         if len(out.gallery) < gallery_size:
-            gt = voc.ground_truth(record.name)
+            gt = ground_truth[record.image_id]
             out.gallery[record.name] = panels(
                 [image,
                  overlay_instances(image, instances.masks, instances.classes, class_names, instances.scores),

@@ -17,9 +17,8 @@ from tqdm import tqdm
 from bestie.coco import build_coco, masks_to_annotations
 from bestie.config import Params
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
 from bestie.inference import load_bestie, predict_instances, settings_from_params
-from bestie.io import read_json, write_json, write_metrics
+from bestie.io import read_image, read_json, write_json, write_metrics
 from bestie.metrics.instances import exported_label_metrics
 from bestie.runtime import select_device
 from bestie.stage import add_arguments, run_stage
@@ -29,13 +28,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
     device = select_device(args.device)
     model, _ = load_bestie(args.model, device, class_names=manifest.class_names)
-    voc = VOCDataset(params.data.root, params.data.train_split)
     options = params.export_coco
     point_guided = params.supervision == "point" and options.point_guided
     images, annotations = [], []
     for record in tqdm(manifest.train, desc="export_coco", disable=None):
         instances = predict_instances(
-            model, voc.read_image(record.name), device, settings_from_params(params.inference),
+            model, read_image(record.path), device, settings_from_params(params.inference),
             points=record.points if point_guided else None,
         )
         keep = np.flatnonzero(instances.scores >= options.score_thresh)
@@ -43,9 +41,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
                        "width": record.width, "height": record.height})
         annotations += masks_to_annotations(
             instances.masks[keep], instances.classes[keep], instances.scores[keep],
-            image_id=record.image_id, start_id=len(annotations) + 1,
+            image_id=record.image_id, start_id=len(annotations) + 1, category_ids=manifest.category_ids,
         )
-    coco = build_coco(images, annotations, manifest.class_names)
+    coco = build_coco(images, annotations, manifest.class_names, manifest.category_ids)
     coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}
     write_json(args.out, coco, indent=None)
     stats = exported_label_metrics(coco, read_json(args.train_gt))

@@ -16,11 +16,10 @@ from tqdm import tqdm
 from bestie.checkpoint import load_checkpoint
 from bestie.classification import classifier_from_checkpoint
 from bestie.config import Params
-from bestie.data.manifest import load_manifest
-from bestie.data.png import write_label_png
+from bestie.data.manifest import class_map_path, load_manifest
+from bestie.data.png import read_label_png, write_label_png
 from bestie.data.transforms import normalize
-from bestie.data.voc import VOCDataset
-from bestie.io import atomic_dir, write_metrics
+from bestie.io import atomic_dir, read_image, write_metrics
 from bestie.metrics.segmentation import wsss_confusions, wsss_metrics
 from bestie.runtime import select_device
 from bestie.stage import add_arguments, run_stage
@@ -30,12 +29,11 @@ from bestie.wsss import semantic_pseudo_labels
 
 def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.wsss
-    manifest = load_manifest(args.manifest)
+    manifest = load_manifest(Path(args.prepared) / "manifest.json")
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.model, kind="pam", class_names=manifest.class_names)
     # The class maps without (or with less) peak suppression than the classifier trained with.
     model = classifier_from_checkpoint(checkpoint, source=args.model, alpha=cfg.alpha).to(device)
-    voc = VOCDataset(params.data.root, params.data.train_split)
 
     num_labels = manifest.num_classes + 1
     confusions = torch.zeros(3, num_labels, num_labels, dtype=torch.int64)
@@ -44,7 +42,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     with atomic_dir(args.out, replace=True) as out_dir:
         for record in tqdm(manifest.train, desc="wsss", unit="image", disable=None):
-            image = voc.read_image(record.name)
+            image = read_image(record.path)
             classes = torch.tensor(record.labels, dtype=torch.int64, device=device)
             maps = semantic_pseudo_labels(
                 model, normalize(image).to(device), classes, scales=cfg.scales, flip=cfg.flip,
@@ -58,7 +56,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             total += refined.numel()
             if not record.has_masks:
                 continue
-            truth = torch.from_numpy(voc.read_class_map(record.name))
+            truth = torch.from_numpy(read_label_png(class_map_path(args.prepared, "train", record.name)))
             raw = maps.raw.cpu()
             confusions += wsss_confusions(raw, refined, truth, num_labels)
             evaluated += 1
@@ -83,7 +81,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, manifest="data/prepared/manifest.json", model="data/models/pam.pt", out="data/wsss",
+    add_arguments(parser, prepared="data/prepared", model="data/models/pam.pt", out="data/wsss",
                   metrics="metrics/wsss.json", gallery="metrics/gallery/wsss", device="auto")
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

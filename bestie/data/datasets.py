@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from bestie.data.manifest import ImageRecord
 from bestie.data.transforms import normalize, sample_color_jitter, sample_geometric
-from bestie.data.voc import VOCDataset
+from bestie.io import read_image
 
 __all__ = ["ClassificationDataset", "multi_hot", "pad_collate"]
 
@@ -40,7 +40,6 @@ class ClassificationDataset(Dataset):
 
     def __init__(
         self,
-        images: VOCDataset,
         records: Sequence[ImageRecord],
         num_classes: int,
         *,
@@ -49,7 +48,6 @@ class ClassificationDataset(Dataset):
         train: bool = True,
         seed: int = 0,
     ) -> None:
-        self.images = images
         self.records = list(records)
         self.num_classes = num_classes
         self.crop_size = crop_size
@@ -66,7 +64,7 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         record = self.records[index]
-        image = self.images.read_image(record.name)
+        image = read_image(record.path)
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             transform = sample_geometric(rng, image.shape[:2], self.crop_size, self.scale_range)
