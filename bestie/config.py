@@ -86,6 +86,7 @@ class SynthesizeParams:
     hue_spread: float = _f(0.25, min=0.0, max=1.0)  # width of a class's hue family (1: any hue)
     void_width: int = _f(1, min=0, max=5)  # px of 255 band on instance borders
     seed: int = _f(0, min=0, max=MAX_SEED)
+    coco: bool = _f(False)  # also write the COCO 2017 layout of the same data (for data.format: coco)
 
 
 @dataclass(frozen=True)
