@@ -17,12 +17,14 @@ from bestie.data.manifest import class_map_path, load_manifest, object_map_path
 from bestie.data.png import read_label_png
 from bestie.data.prepare import prepare_dataset
 from bestie.data.sources import SOURCES
+from bestie.data.sources.base import label_maps
 from bestie.data.sources.coco import CocoSource
 from bestie.data.sources.voc import VOCSource
 from bestie.data.synthetic import generate
 from bestie.data.synthetic.coco import CATEGORY_ID_STEP, COCO_FILES, voc_to_coco
 from bestie.evaluate_split import predict_split
-from bestie.structures import IGNORE, Instances
+from bestie.errors import BestieError
+from bestie.structures import IGNORE, GroundTruth, Instances
 
 from .helpers import run_stage, write_params
 
@@ -56,6 +58,21 @@ def both(tmp_path_factory):
 
 def test_registry_names_are_the_formats_params_accept():
     assert tuple(SOURCES) == DATA_FORMATS
+
+
+def test_label_maps_later_instances_cover_earlier_and_crowd_is_void_where_uncovered():
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, :2, :3] = True
+    masks[1, 1:3, 1:] = True  # covers part of instance 0
+    crowd = np.zeros((1, 4, 4), bool)
+    crowd[0, 2:, :] = True  # under instance 1 in row 2
+    class_map, object_map = label_maps(GroundTruth(masks, np.array([4, 0])), GroundTruth(crowd, np.array([2])), "x")
+    assert object_map.tolist() == [[1, 1, 1, 0], [1, 2, 2, 2], [255, 2, 2, 2], [255, 255, 255, 255]]
+    assert class_map.tolist() == [[5, 5, 5, 0], [5, 1, 1, 1], [255, 1, 1, 1], [255, 255, 255, 255]]
+    none = GroundTruth(np.zeros((0, 4, 4), bool), np.zeros(0, np.int64))
+    assert not label_maps(none, none, "x")[0].any()
+    with pytest.raises(BestieError, match="img: 255 instances; label PNGs hold at most 254"):
+        label_maps(GroundTruth(np.zeros((255, 2, 2), bool), np.zeros(255, np.int64)), none, "img")
 
 
 def test_voc_and_coco_readings_give_the_same_manifest(both):

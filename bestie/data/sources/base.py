@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from scipy import ndimage
 
 from bestie.errors import BestieError
 from bestie.structures import IGNORE, GroundTruth
@@ -21,7 +22,7 @@ from bestie.structures import IGNORE, GroundTruth
 if TYPE_CHECKING:
     from bestie.config import DataParams
 
-__all__ = ["SPLITS", "DatasetSource", "SourceImage", "label_maps"]
+__all__ = ["SPLITS", "DatasetSource", "SourceImage", "interior_points", "label_maps"]
 
 SPLITS = ("train", "val")  # a source's logical splits; it maps them to its own files
 
@@ -64,6 +65,32 @@ class DatasetSource(Protocol):
         """Every image of ``split`` in the dataset's order; BestieError naming the file and
         entry on any fault; with ``need_masks``, an image without masks is such a fault."""
         ...
+
+
+def interior_points(masks: np.ndarray) -> np.ndarray:
+    """One point inside each mask: its pixel farthest from the mask border.
+
+    That is where an annotator clicking "the middle of the object" lands, and unlike the
+    centroid it is always inside, also for rings and crescents. Ties go to the first pixel
+    in raster order, so the result is deterministic.
+
+    Args:
+        masks: [N, H, W] bool.
+    Returns:
+        [N, 2] float32 (x, y).
+    """
+    points = np.zeros((len(masks), 2), dtype=np.float32)
+    for i, mask in enumerate(masks):  # a handful of instances an image
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            raise ValueError(f"mask {i} is empty")
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        # Pad the box by one so pixels on the box edge see the outside as border.
+        crop = np.pad(mask[y0:y1, x0:x1], 1)
+        distance = ndimage.distance_transform_edt(crop)
+        y, x = np.unravel_index(np.argmax(distance), distance.shape)
+        points[i] = (x0 + x - 1, y0 + y - 1)
+    return points
 
 
 def label_maps(instances: GroundTruth, crowd: GroundTruth, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -34,11 +34,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bestie.coco import decode_segmentation
-from bestie.data.sources.base import SourceImage, label_maps
-from bestie.data.sources.voc import interior_points
+from bestie.data.sources.base import SourceImage, interior_points, label_maps
 from bestie.errors import BestieError
 from bestie.io import read_image, read_json
-from bestie.structures import GroundTruth
+from bestie.structures import IGNORE, GroundTruth
 
 if TYPE_CHECKING:
     from bestie.config import DataParams
@@ -77,6 +76,8 @@ class _Split:
         annotations = _entries(path, raw, "annotations", ("id", "image_id", "category_id", "segmentation"))
         for key, entries in (("categories", categories), ("images", self.images)):
             _unique_ids(path, entries, key)
+        if len(categories) >= IGNORE:
+            raise BestieError(f"{path}: {len(categories)} categories; label PNGs hold at most {IGNORE - 1}")
         categories = sorted(categories, key=lambda c: c["id"])
         self.category_ids = tuple(c["id"] for c in categories)
         self.class_names = tuple(str(c["name"]) for c in categories)

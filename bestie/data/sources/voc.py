@@ -30,10 +30,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from bestie.data.png import read_label_png
-from bestie.data.sources.base import SourceImage
+from bestie.data.sources.base import SourceImage, interior_points
 from bestie.errors import BestieError
 from bestie.io import read_image
 from bestie.structures import IGNORE, GroundTruth
@@ -41,7 +40,7 @@ from bestie.structures import IGNORE, GroundTruth
 if TYPE_CHECKING:
     from bestie.config import DataParams
 
-__all__ = ["VOC_CLASSES", "VOCDataset", "VOCSource", "interior_points", "read_class_names"]
+__all__ = ["VOC_CLASSES", "VOCDataset", "VOCSource", "read_class_names"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -73,32 +72,6 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
     if len(names) > 254:
         raise BestieError(f"{path}: {len(names)} classes; label PNGs hold at most 254")
     return names
-
-
-def interior_points(masks: np.ndarray) -> np.ndarray:
-    """One point inside each mask: its pixel farthest from the mask border.
-
-    That is where an annotator clicking "the middle of the object" lands, and unlike the
-    centroid it is always inside, also for rings and crescents. Ties go to the first pixel
-    in raster order, so the result is deterministic.
-
-    Args:
-        masks: [N, H, W] bool.
-    Returns:
-        [N, 2] float32 (x, y).
-    """
-    points = np.zeros((len(masks), 2), dtype=np.float32)
-    for i, mask in enumerate(masks):  # a handful of instances an image
-        ys, xs = np.nonzero(mask)
-        if len(ys) == 0:
-            raise ValueError(f"mask {i} is empty")
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        # Pad the box by one so pixels on the box edge see the outside as border.
-        crop = np.pad(mask[y0:y1, x0:x1], 1)
-        distance = ndimage.distance_transform_edt(crop)
-        y, x = np.unravel_index(np.argmax(distance), distance.shape)
-        points[i] = (x0 + x - 1, y0 + y - 1)
-    return points
 
 
 class VOCDataset:
