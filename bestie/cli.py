@@ -20,7 +20,7 @@ from tqdm import tqdm
 from bestie import __version__
 from bestie.coco import masks_to_results
 from bestie.config import InferenceParams, parse_section, to_dict
-from bestie.data.voc import read_class_names
+from bestie.data.sources.voc import read_class_names
 from bestie.errors import BestieError
 from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, recorded_settings, settings_from_params
 from bestie.io import atomic_dir, read_image, write_json

@@ -27,10 +27,11 @@ import yaml
 from bestie.errors import BestieError
 from bestie.models.backbones import BACKBONES
 
-__all__ = ["Params", "load_params", "parse_params", "parse_section", "SUPERVISIONS"]
+__all__ = ["Params", "load_params", "parse_params", "parse_section", "SUPERVISIONS", "DATA_FORMATS"]
 
 SUPERVISIONS = ("cls", "point", "full")
 INPUT_SOURCES = ("compute", "read")  # a stage's output computed, or read from precomputed files
+DATA_FORMATS = ("voc", "coco")
 MAX_SEED = 2**32 - 1  # the usual seed range (torch.manual_seed fails beyond 64 bits)
 _PARITY = {"even": 0, "odd": 1}
 
@@ -43,10 +44,31 @@ def _f(default: Any, **limits: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class CocoFilesParams:
+    """Where a COCO-format root keeps its files (``data.format: coco``), relative to ``data.root``.
+
+    The defaults are the COCO 2017 layout. A points file is optional (format: README
+    "Datasets"); without one, each instance gets one interior point.
+    """
+
+    train_annotations: str = _f("annotations/instances_train2017.json", nonempty=True)
+    val_annotations: str = _f("annotations/instances_val2017.json", nonempty=True)
+    train_images: str = _f("train2017", nonempty=True)
+    val_images: str = _f("val2017", nonempty=True)
+    train_points: str | None = _f(None)
+    val_points: str | None = _f(None)
+
+
+@dataclass(frozen=True)
 class DataParams:
+    """The input dataset; ``prepare`` is the only stage that reads its format."""
+
+    # bestie.data.sources.SOURCES (a test keeps the two equal; config imports no reader)
+    format: str = _f("voc", choices=DATA_FORMATS)
     root: str = _f("data/synthetic", nonempty=True)
-    train_split: str = _f("train", nonempty=True)  # ImageSets/Segmentation/<name>.txt, e.g. train_aug
+    train_split: str = _f("train", nonempty=True)  # voc: ImageSets/Segmentation/<name>.txt, e.g. train_aug
     val_split: str = _f("val", nonempty=True)
+    coco: CocoFilesParams = field(default_factory=CocoFilesParams)
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,7 @@ class SynthesizeParams:
     hue_spread: float = _f(0.25, min=0.0, max=1.0)  # width of a class's hue family (1: any hue)
     void_width: int = _f(1, min=0, max=5)  # px of 255 band on instance borders
     seed: int = _f(0, min=0, max=MAX_SEED)
+    coco: bool = _f(False)  # also write the COCO 2017 layout of the same data (for data.format: coco)
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,10 @@ from tqdm import tqdm
 
 from bestie.coco import build_coco, masks_to_annotations, masks_to_results
 from bestie.data.manifest import ImageRecord
-from bestie.data.voc import VOCDataset
 from bestie.distributed import DistContext, gather_shards, shard
-from bestie.io import atomic_dir, write_json, write_metrics
+from bestie.io import atomic_dir, read_image, write_json, write_metrics
 from bestie.metrics.instances import evaluate_instances
-from bestie.structures import Instances
+from bestie.structures import GroundTruth, Instances
 from bestie.visualize import overlay_instances, panels
 
 __all__ = ["Predictor", "SplitPredictions", "predict_split", "predict_coco", "write_evaluation"]
@@ -50,14 +49,16 @@ class SplitPredictions:
 
 def predict_split(
     predict: Predictor,
-    voc: VOCDataset,
     records: Sequence[ImageRecord],
     class_names: Sequence[str],
+    category_ids: Sequence[int],
+    ground_truth: Mapping[int, GroundTruth],
     gallery_size: int = 0,
     desc: str = "evaluate",
     context: DistContext | None = None,
 ) -> SplitPredictions | None:
-    """Run ``predict`` on every image of ``records``; draw the first ``gallery_size`` of them.
+    """Run ``predict`` on every image of ``records``; draw the first ``gallery_size`` of them
+    beside their ``ground_truth`` (by image id). Results carry the dataset's ``category_ids``.
 
     With a ``context`` of several processes (``torchrun``) each predicts its part of
     ``records``; the main process returns all the predictions, in ``records`` order, as one
@@ -66,12 +67,14 @@ def predict_split(
 
     def predict_one(index: int) -> tuple[str, list[dict], np.ndarray | None]:
         record = records[index]
-        image = voc.read_image(record.name)
+        image = read_image(record.path)
         instances = predict(image, record)
-        results = masks_to_results(instances.masks, instances.classes, instances.scores, record.image_id)
+        results = masks_to_results(
+            instances.masks, instances.classes, instances.scores, record.image_id, category_ids
+        )
         if index >= gallery_size:
             return record.name, results, None
-        gt = voc.ground_truth(record.name)
+        gt = ground_truth[record.image_id]
         return record.name, results, panels(
             [image,
              overlay_instances(image, instances.masks, instances.classes, class_names, instances.scores),
@@ -92,15 +95,16 @@ def predict_split(
 
 def predict_coco(
     predict: Predictor,
-    voc: VOCDataset,
     records: Sequence[ImageRecord],
     class_names: Sequence[str],
+    category_ids: Sequence[int],
     score_thresh: float,
     desc: str = "export_coco",
     context: DistContext | None = None,
 ) -> dict | None:
     """Run ``predict`` on every image of ``records``: a COCO instances dict of the instances
-    scoring at least ``score_thresh`` (scores kept), annotation ids 1, 2, ... in ``records`` order.
+    scoring at least ``score_thresh`` (scores kept), annotation ids 1, 2, ... in ``records`` order,
+    with the dataset's own image and ``category_ids``.
 
     With a ``context`` of several processes each predicts its part; the main process returns
     the dict one process would, the others None.
@@ -108,11 +112,12 @@ def predict_coco(
 
     def predict_one(index: int) -> tuple[dict, list[dict]]:
         record = records[index]
-        instances = predict(voc.read_image(record.name), record)
+        instances = predict(read_image(record.path), record)
         keep = np.flatnonzero(instances.scores >= score_thresh)
         image = {"id": record.image_id, "file_name": record.file_name, "width": record.width, "height": record.height}
         return image, masks_to_annotations(
             instances.masks[keep], instances.classes[keep], instances.scores[keep], image_id=record.image_id,
+            category_ids=category_ids,
         )
 
     merged = _map_sharded(predict_one, len(records), desc, context)
@@ -121,7 +126,7 @@ def predict_coco(
     annotations = [annotation for _, image_annotations in merged for annotation in image_annotations]
     for number, annotation in enumerate(annotations, start=1):
         annotation["id"] = number
-    return build_coco([image for image, _ in merged], annotations, class_names)
+    return build_coco([image for image, _ in merged], annotations, class_names, category_ids)
 
 
 def _map_sharded(function: Callable[[int], T], count: int, desc: str, context: DistContext | None) -> list[T] | None:

@@ -13,7 +13,6 @@ from bestie.classification import build_classifier, epoch_loss, fit_classifier, 
 from bestie.config import Params, to_dict
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
 from bestie.distributed import DistContext
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.metrics.classification import classification_metrics
@@ -34,17 +33,14 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
     common = dict(num_classes=manifest.num_classes, crop_size=cfg.crop_size, seed=params.seed)
     train_set = ClassificationDataset(
-        VOCDataset(params.data.root, params.data.train_split), manifest.train,
-        scale_range=(cfg.scale_min, cfg.scale_max), train=True, **common,
+        manifest.train, scale_range=(cfg.scale_min, cfg.scale_max), train=True, **common
     )
-    val_set = ClassificationDataset(
-        VOCDataset(params.data.root, params.data.val_split), manifest.val, train=False, **common
-    )
+    val_set = ClassificationDataset(manifest.val, train=False, **common)
     model = build_classifier(manifest.num_classes, cfg.backbone, cfg.width, cfg.alpha, cfg.pretrained).to(device)
     config = to_dict(cfg)
 
     fingerprint = run_fingerprint(
-        {**config, "seed": params.seed, "images": params.data.root}, [Path(args.manifest)],
+        {**config, "seed": params.seed}, [Path(args.manifest)],  # the manifest names the images
         stage_code_files(Path(__file__)), ignore=NOT_IN_FINGERPRINT,
     )
     # Resumed at epoch boundaries only, where the shuffling generator's state is saved.

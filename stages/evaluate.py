@@ -9,12 +9,13 @@ predicts its part of the images, the main process merges them and writes every o
 import argparse
 from pathlib import Path
 
+from bestie.coco import ground_truth_by_image
 from bestie.config import Params
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
 from bestie.distributed import init_distributed, shutdown_distributed
 from bestie.evaluate_split import predict_split, write_evaluation
 from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, settings_from_params, settings_record
+from bestie.io import read_json
 from bestie.stage import add_arguments, run_stage
 
 
@@ -31,8 +32,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
             return predict_instances(model, image, context.device, settings_from_params(options), points=points)
 
         predictions = predict_split(
-            predict, VOCDataset(params.data.root, params.data.val_split), manifest.val, manifest.class_names,
-            gallery_size=params.evaluate.gallery, context=context,
+            predict, manifest.val, manifest.class_names, manifest.category_ids,
+            ground_truth_by_image(read_json(args.val_gt)), gallery_size=params.evaluate.gallery, context=context,
         )
         if context.is_main:
             write_evaluation(

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from bestie.config import Params
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
 from bestie.distributed import init_distributed, shutdown_distributed
 from bestie.evaluate_split import predict_coco
 from bestie.inference import load_bestie, predict_instances, settings_from_params
@@ -38,8 +37,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
             return predict_instances(model, image, context.device, settings, points=points)
 
         coco = predict_coco(
-            predict, VOCDataset(params.data.root, params.data.train_split), manifest.train, manifest.class_names,
-            options.score_thresh, context=context,
+            predict, manifest.train, manifest.class_names, manifest.category_ids, options.score_thresh,
+            context=context,
         )
         if context.is_main:
             coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}

@@ -19,7 +19,6 @@ from bestie.config import Params
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import ImageRecord, Manifest, load_manifest
 from bestie.data.precomputed import input_dir, read_point_file
-from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
 from bestie.io import atomic_dir, read_json, write_metrics
 from bestie.metrics.peaks import peak_statistics
@@ -44,10 +43,7 @@ def given_points(records: list[ImageRecord], manifest_path: str) -> list[np.ndar
 def classifier_peaks(params: Params, manifest: Manifest, model_path: str, device_name: str) -> list[np.ndarray]:
     checkpoint = load_checkpoint(model_path, kind="pam", class_names=manifest.class_names)
     model = classifier_from_checkpoint(checkpoint, source=model_path)
-    images = ClassificationDataset(
-        VOCDataset(params.data.root, params.data.train_split), manifest.train,
-        manifest.num_classes, train=False,
-    )
+    images = ClassificationDataset(manifest.train, manifest.num_classes, train=False)
     cfg = params.peaks
     start = time.perf_counter()
     peaks = predict_peaks(

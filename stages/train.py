@@ -14,7 +14,6 @@ from bestie.checkpoint import save_checkpoint
 from bestie.config import Params, to_dict
 from bestie.data.instance_dataset import BestieTrainDataset, collate_samples
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
 from bestie.distributed import init_distributed, shutdown_distributed
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_tsv
@@ -37,9 +36,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
         seed_everything(params.seed)
         manifest = load_manifest(Path(args.prepared) / "manifest.json")
         train = params.train
-        voc = VOCDataset(params.data.root, params.data.train_split)
         dataset = BestieTrainDataset(
-            voc, manifest.train, params.supervision, manifest.num_classes, args.wsss, args.pseudo_labels,
+            manifest.train, params.supervision, manifest.num_classes, args.wsss, args.pseudo_labels, args.prepared,
             crop_size=train.crop_size, scale_range=(train.scale_min, train.scale_max), sigma=train.sigma,
             dense_center_loss=train.dense_center_loss, min_size=params.pseudo_labels.min_size,
         )
@@ -50,8 +48,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
         config = {**to_dict(train), "supervision": params.supervision, "seed": params.seed}
 
         fingerprint = run_fingerprint(
-            {**config, "images": params.data.root, "pseudo_label_min_size": params.pseudo_labels.min_size},
-            [Path(args.wsss), Path(args.pseudo_labels)], stage_code_files(Path(__file__)),
+            {**config, "pseudo_label_min_size": params.pseudo_labels.min_size},
+            [Path(args.wsss), Path(args.pseudo_labels), Path(args.prepared) / "manifest.json"],
+            stage_code_files(Path(__file__)),
             ignore=NOT_IN_FINGERPRINT,
         )
         run = find_run_state(

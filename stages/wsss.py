@@ -20,12 +20,11 @@ from tqdm import tqdm
 from bestie.checkpoint import load_checkpoint
 from bestie.classification import classifier_from_checkpoint
 from bestie.config import Params
-from bestie.data.manifest import Manifest, load_manifest
-from bestie.data.png import write_label_png
+from bestie.data.manifest import Manifest, class_map_path, load_manifest
+from bestie.data.png import read_label_png, write_label_png
 from bestie.data.precomputed import input_dir, read_label_map
 from bestie.data.transforms import normalize
-from bestie.data.voc import VOCDataset
-from bestie.io import atomic_dir, write_metrics
+from bestie.io import atomic_dir, read_image, write_metrics
 from bestie.metrics.segmentation import wsss_confusions, wsss_metrics
 from bestie.runtime import select_device
 from bestie.stage import add_arguments, run_stage
@@ -33,7 +32,7 @@ from bestie.visualize import cam_overlay, colorize_labels, panels
 from bestie.wsss import WSSSMaps, semantic_pseudo_labels
 
 
-def label_maps(params: Params, args: argparse.Namespace, voc: VOCDataset, manifest: Manifest) -> Callable:
+def label_maps(params: Params, args: argparse.Namespace, manifest: Manifest) -> Callable:
     """``record -> WSSSMaps``: computed from the classifier's CAMs, or read (``wsss.source``)."""
     cfg = params.wsss
     if cfg.source == "read":
@@ -46,7 +45,7 @@ def label_maps(params: Params, args: argparse.Namespace, voc: VOCDataset, manife
     model = classifier_from_checkpoint(checkpoint, source=args.model, alpha=cfg.alpha).to(device)
     print(f"wsss: on {device}")
     return lambda record: semantic_pseudo_labels(
-        model, normalize(voc.read_image(record.name)).to(device),
+        model, normalize(read_image(record.path)).to(device),
         torch.tensor(record.labels, dtype=torch.int64, device=device), scales=cfg.scales, flip=cfg.flip,
         bg_threshold=cfg.bg_threshold, method=cfg.refine, texture_window=cfg.texture_window,
         stride=cfg.refine_stride, dilations=cfg.dilations, iterations=cfg.iterations,
@@ -56,9 +55,8 @@ def label_maps(params: Params, args: argparse.Namespace, voc: VOCDataset, manife
 
 def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.wsss
-    manifest = load_manifest(args.manifest)
-    voc = VOCDataset(params.data.root, params.data.train_split)
-    maps_of = label_maps(params, args, voc, manifest)
+    manifest = load_manifest(Path(args.prepared) / "manifest.json")
+    maps_of = label_maps(params, args, manifest)
 
     num_labels = manifest.num_classes + 1
     confusions = torch.zeros(3, num_labels, num_labels, dtype=torch.int64)
@@ -74,12 +72,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
             total += refined.numel()
             if not record.has_masks:
                 continue
-            truth = torch.from_numpy(voc.read_class_map(record.name))
+            truth = torch.from_numpy(read_label_png(class_map_path(args.prepared, "train", record.name)))
             raw = None if maps.raw is None else maps.raw.cpu()
             confusions += wsss_confusions(raw, refined, truth, num_labels)
             evaluated += 1
             if len(gallery) < cfg.gallery:
-                image = voc.read_image(record.name)
+                image = read_image(record.path)
                 pictures = [image, colorize_labels(refined.numpy()), colorize_labels(truth.numpy())]
                 titles = ["image", "refined" if raw is not None else cfg.maps_dir, "ground truth"]
                 if raw is not None:
@@ -105,7 +103,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, manifest="data/prepared/manifest.json", model="data/models/pam.pt", out="data/wsss",
+    add_arguments(parser, prepared="data/prepared", model="data/models/pam.pt", out="data/wsss",
                   metrics="metrics/wsss.json", gallery="metrics/gallery/wsss", device="auto")
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

@@ -23,13 +23,12 @@ from tqdm import tqdm
 
 from bestie.config import Params, to_dict
 from bestie.data.datasets import SegmentationDataset
-from bestie.data.manifest import Manifest, load_manifest
+from bestie.data.manifest import Manifest, class_map_path, load_manifest
 from bestie.data.png import read_label_png, write_label_png
 from bestie.data.transforms import normalize
-from bestie.data.voc import VOCDataset
 from bestie.distributed import DistContext
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
-from bestie.io import atomic_dir, write_metrics, write_tsv
+from bestie.io import atomic_dir, read_image, write_metrics, write_tsv
 from bestie.metrics.segmentation import wsss_confusions, wsss_metrics
 from bestie.models import SegmentationNet
 from bestie.runtime import seed_everything, select_device
@@ -45,11 +44,11 @@ NOT_IN_FINGERPRINT = ("resume", "workers", "log_every", "checkpoint_every", "fli
 
 
 def train_network(
-    params: Params, args: argparse.Namespace, manifest: Manifest, voc: VOCDataset, device: torch.device
+    params: Params, args: argparse.Namespace, manifest: Manifest, device: torch.device
 ) -> tuple[SegmentationNet, list[dict]]:
     """The network trained on the `wsss` maps of the training split, in eval mode, and its log."""
     options = params.wsss_network
-    dataset = SegmentationDataset(voc, manifest.train, args.wsss, crop_size=options.crop_size,
+    dataset = SegmentationDataset(manifest.train, args.wsss, crop_size=options.crop_size,
                                   scale_range=(options.scale_min, options.scale_max))
     model = SegmentationNet(manifest.num_classes, options.backbone, options.pretrained,
                             bn_momentum=options.bn_momentum).to(device)
@@ -82,10 +81,9 @@ def train_network(
 
 def main(params: Params, args: argparse.Namespace) -> None:
     seed_everything(params.seed)
-    manifest = load_manifest(args.manifest)
-    voc = VOCDataset(params.data.root, params.data.train_split)
+    manifest = load_manifest(Path(args.prepared) / "manifest.json")
     device = select_device(args.device)
-    model, history = train_network(params, args, manifest, voc, device) if params.wsss.network else (None, [])
+    model, history = train_network(params, args, manifest, device) if params.wsss.network else (None, [])
     options = params.wsss_network
 
     num_labels = manifest.num_classes + 1
@@ -99,7 +97,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
                 shutil.copyfile(source, target)
                 labels = given
             else:
-                image = normalize(voc.read_image(record.name)).to(device)
+                image = normalize(read_image(record.path)).to(device)
                 classes = torch.tensor(record.labels, dtype=torch.int64, device=device)
                 labels = predict_semantic_map(model, image, classes, flip=options.flip,
                                               min_confidence=options.min_confidence).cpu()
@@ -107,7 +105,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             ignored += int((labels == 255).sum())
             total += labels.numel()
             if record.has_masks:
-                truth = torch.from_numpy(voc.read_class_map(record.name))
+                truth = torch.from_numpy(read_label_png(class_map_path(args.prepared, "train", record.name)))
                 confusions += wsss_confusions(given, labels, truth, num_labels)
                 evaluated += 1
     write_tsv(args.log, LOG_COLUMNS, history)
@@ -124,7 +122,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(
         parser,
-        manifest="data/prepared/manifest.json",
+        prepared="data/prepared",
         wsss="data/wsss",
         out="data/wsss_network",
         log="metrics/wsss_network/log.tsv",

@@ -63,6 +63,9 @@ def test_ints_widen_to_floats() -> None:
         ({"data": {"root": ""}}, "data.root must not be empty"),
         ({"data": {"train_split": ""}}, "data.train_split must not be empty"),
         ({"data": {"val_split": ""}}, "data.val_split must not be empty"),
+        ({"data": {"format": "yolo"}}, "data.format must be one of voc | coco, got 'yolo'"),
+        ({"data": {"coco": {"train_images": ""}}}, "data.coco.train_images must not be empty"),
+        ({"data": {"coco": {"val_points": 3}}}, "data.coco.val_points must be str, got 3"),
         # The rest of the limits, one case each.
         ({"peaks": {"smooth_kernel": 2}}, "peaks.smooth_kernel must be odd, got 2"),
         ({"peaks": {"nms_kernel": 14}}, "peaks.nms_kernel must be odd, got 14"),

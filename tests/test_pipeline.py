@@ -52,6 +52,33 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
+@pytest.fixture(scope="module")
+def coco_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny pipeline on the synthetic data in the COCO 2017 layout, read as COCO."""
+    project = clone_project(tmp_path_factory.mktemp("pipeline_coco"))
+    write_params(project / "params.yaml", {**TINY, "synthesize": {**TINY["synthesize"], "coco": True},
+                                           "data": {"format": "coco"}})
+    _dvc(project, "repro")
+    return project
+
+
+def test_coco_input_runs_the_whole_dag_and_keeps_the_datasets_ids(coco_project: Path) -> None:
+    original = json.loads((coco_project / "data/synthetic/annotations/instances_val2017.json").read_text())
+    category_ids = {c["id"] for c in original["categories"]}
+    assert category_ids != set(range(1, len(category_ids) + 1))  # the ids to keep are not class + 1
+    image_ids = {i["id"] for i in original["images"]}
+    for name in ("bestie", "maskrcnn"):
+        metrics = json.loads((coco_project / f"metrics/{name}.json").read_text())
+        assert {"voc_map50", "coco_ap"} <= set(metrics)
+        predictions = json.loads((coco_project / f"data/eval/{name}/predictions.json").read_text())
+        assert {p["image_id"] for p in predictions} <= image_ids
+        assert {p["category_id"] for p in predictions} <= category_ids
+    pseudo = json.loads((coco_project / "data/coco/train_pseudo.json").read_text())
+    assert {c["id"] for c in pseudo["categories"]} == category_ids
+    manifest = json.loads((coco_project / "data/prepared/manifest.json").read_text())
+    assert all("/train2017/" in record["path"] for record in manifest["train"])
+
+
 def test_repro_writes_every_contract_output(project: Path) -> None:
     for name in ("bestie", "maskrcnn"):
         metrics = json.loads((project / f"metrics/{name}.json").read_text())

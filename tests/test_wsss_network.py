@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, default_collate
 from bestie.data.datasets import SegmentationDataset
 from bestie.data.manifest import ImageRecord
 from bestie.data.png import read_label_png, write_label_png
-from bestie.data.voc import VOCDataset
+from bestie.data.sources.voc import VOCDataset
 from bestie.distributed import DistContext
 from bestie.errors import BestieError
 from bestie.models import SegmentationNet, SmallBackbone
@@ -147,14 +147,15 @@ def test_flipped_prediction_averages_the_mirror_image() -> None:
                                 min_confidence=confidence + 1e-4).eq(255).all()
 
 
-def _record(name: str) -> ImageRecord:
-    return ImageRecord(image_id=1, name=name, width=500, height=375, labels=(8, 11), points=None, has_masks=True)
+def _record(root: Path, name: str) -> ImageRecord:
+    return ImageRecord(image_id=1, name=name, width=500, height=375, labels=(8, 11), points=None, has_masks=True,
+                       file_name=f"{name}.jpg", path=str(root / "JPEGImages" / f"{name}.jpg"))
 
 
 def test_segmentation_dataset_crops_images_and_maps_alike(tmp_path: Path, voc_fixture_root: Path) -> None:
     voc = VOCDataset(voc_fixture_root, "train")
     write_label_png(tmp_path / f"{ID}.png", voc.read_class_map(ID))
-    dataset = SegmentationDataset(voc, [_record(ID)], tmp_path, crop_size=64, scale_range=(0.1, 0.1))
+    dataset = SegmentationDataset([_record(voc_fixture_root, ID)], tmp_path, crop_size=64, scale_range=(0.1, 0.1))
     sample = dataset[(0, 7)]
     assert sample["image"].shape == (3, 64, 64) and sample["semantic"].shape == (64, 64)
     assert sample["semantic"].dtype == torch.int64
@@ -163,7 +164,7 @@ def test_segmentation_dataset_crops_images_and_maps_alike(tmp_path: Path, voc_fi
     again = dataset[(0, 7)]
     assert torch.equal(again["image"], sample["image"]) and torch.equal(again["semantic"], sample["semantic"])
     with pytest.raises(BestieError, match="label map not found"):
-        SegmentationDataset(voc, [_record(ID)], tmp_path / "absent", crop_size=64, scale_range=(1.0, 1.0))
+        SegmentationDataset([_record(voc_fixture_root, ID)], tmp_path / "absent", crop_size=64, scale_range=(1.0, 1.0))
 
 
 @pytest.fixture

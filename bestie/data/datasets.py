@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 from bestie.data.manifest import ImageRecord
 from bestie.data.png import read_label_png
 from bestie.data.transforms import normalize, sample_color_jitter, sample_geometric
-from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
+from bestie.io import read_image
 
 __all__ = ["ClassificationDataset", "SegmentationDataset", "multi_hot", "pad_collate"]
 
@@ -44,7 +44,6 @@ class ClassificationDataset(Dataset):
 
     def __init__(
         self,
-        images: VOCDataset,
         records: Sequence[ImageRecord],
         num_classes: int,
         *,
@@ -53,7 +52,6 @@ class ClassificationDataset(Dataset):
         train: bool = True,
         seed: int = 0,
     ) -> None:
-        self.images = images
         self.records = list(records)
         self.num_classes = num_classes
         self.crop_size = crop_size
@@ -70,7 +68,7 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         record = self.records[index]
-        image = self.images.read_image(record.name)
+        image = read_image(record.path)
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             transform = sample_geometric(rng, image.shape[:2], self.crop_size, self.scale_range)
@@ -112,14 +110,12 @@ class SegmentationDataset(Dataset):
 
     def __init__(
         self,
-        images: VOCDataset,
         records: Sequence[ImageRecord],
         label_dir: str | os.PathLike,
         *,
         crop_size: int,
         scale_range: tuple[float, float],
     ) -> None:
-        self.images = images
         self.records = list(records)
         self.label_dir = Path(label_dir)
         self.crop_size = crop_size
@@ -135,7 +131,7 @@ class SegmentationDataset(Dataset):
         index, seed = key
         record = self.records[index]
         rng = np.random.default_rng(seed)
-        image = self.images.read_image(record.name)
+        image = read_image(record.path)
         labels = read_label_png(self.label_dir / f"{record.name}.png")
         transform = sample_geometric(rng, image.shape[:2], self.crop_size, self.scale_range)
         image = sample_color_jitter(rng)(transform.apply_image(image))

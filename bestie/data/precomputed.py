@@ -5,7 +5,7 @@ DIR/WSSS_maps/ID.png     semantic pseudo labels of any WSSS method: a palette (o
                          PNG of the image's size, 0 background, c+1 class c, 255 unsure
 DIR/Peak_points/ID.txt   peak points: "x y class_index score" a line (score optional: 1.0),
                          x the column, y the row, in image pixels; an empty file: no peaks
-DIR/Center_points/ID.txt point labels, the same line format (read by bestie.data.voc)
+DIR/Center_points/ID.txt point labels, the same line format (read by bestie.data.sources.voc)
 ```
 
 The ``wsss`` and ``peaks`` stages read these in place of computing them (``wsss.source`` /
