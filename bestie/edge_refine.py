@@ -116,16 +116,22 @@ def neighbour_index(height: int, width: int, offsets: Sequence[tuple[int, int]],
     return (rows.mul_(width)[:, None, :] + cols[None, :, :]).view(height * width, len(offsets))
 
 
-def _window_moments(guide: Tensor, dilations: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Mean and unbiased standard deviation of each guide channel over a pixel and its
-    :func:`neighbour_offsets` (border replicated): a 3 x 3 sum a dilation, separable, so
-    4 additions a dilation instead of 8 shifted views."""
-    channels, height, width = guide.shape
-    reach = max(dilations)
-    both = torch.cat([guide, guide * guide])
-    padded = F.pad(both[None], (reach,) * 4, mode="replicate")[0]
-    total = both.mul_(1 - len(dilations))  # each 3 x 3 sum counts the pixel itself once
-    buffer = torch.empty(2 * channels * (height + 2 * reach) * width, device=guide.device)
+def _window_spread(padded: Tensor, reach: int, dilations: Sequence[int]) -> Tensor:
+    """Unbiased standard deviation of each channel over a pixel and its :func:`neighbour_offsets`.
+
+    A 3 x 3 sum a dilation, separable: 4 additions a dilation instead of 8 shifted views.
+
+    Args:
+        padded: ``[2F, H + 2 reach, W + 2 reach]``: the channels, then their squares, border
+            replicated by ``reach >= max(dilations)``.
+    Returns:
+        ``[F, H, W]``.
+    """
+    channels = len(padded) // 2
+    height, width = padded.shape[1] - 2 * reach, padded.shape[2] - 2 * reach
+    # Each 3 x 3 sum counts the pixel itself once.
+    total = padded[:, reach : reach + height, reach : reach + width] * (1 - len(dilations))
+    buffer = padded.new_empty(2 * channels * (height + 2 * reach) * width)
     for d in dilations:
         rows = padded[:, reach - d : reach + height + d]
         across = buffer[: 2 * channels * (height + 2 * d) * width].view(2 * channels, height + 2 * d, width)
@@ -137,8 +143,7 @@ def _window_moments(guide: Tensor, dilations: Sequence[int]) -> tuple[Tensor, Te
     count = 8 * len(dilations) + 1
     total /= count
     mean, second = total[:channels], total[channels:]
-    spread = (second - mean * mean).clamp_(min=0).mul_(count / (count - 1)).sqrt_()
-    return mean, spread
+    return (second - mean * mean).clamp_(min=0).mul_(count / (count - 1)).sqrt_()
 
 
 def pamr_affinity(guide: Tensor, dilations: Sequence[int], temperature: float = 0.1) -> Tensor:
@@ -155,10 +160,11 @@ def pamr_affinity(guide: Tensor, dilations: Sequence[int], temperature: float = 
     guide = guide.float()
     channels, height, width = guide.shape
     offsets = neighbour_offsets(dilations)
-    _, spread = _window_moments(guide, dilations)
-    neg_scale = spread.mul_(temperature).add_(1e-8).mul_(-channels).reciprocal_()  # also averages over F
     reach = max(dilations)
-    padded = F.pad(guide[None], (reach,) * 4, mode="replicate")[0]
+    padded = F.pad(torch.cat([guide, guide * guide])[None], (reach,) * 4, mode="replicate")[0]
+    spread = _window_spread(padded, reach, dilations)
+    neg_scale = spread.mul_(temperature).add_(1e-8).mul_(-channels).reciprocal_()  # also averages over F
+    padded = padded[:channels]
     logits = guide.new_empty(len(offsets), height, width)
     slots = {}
     for p, offset in enumerate(offsets):
@@ -229,12 +235,14 @@ def pamr(
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
         warnings.filterwarnings("ignore", "Sparse invariant checks", UserWarning)
         averaging = torch.sparse_csr_tensor(row_starts, index.view(-1), weights.view(-1), (height * width,) * 2)
-    flat = scores.float().reshape(channels, -1).t().contiguous()
+    # Channels-last rows padded to a multiple of 8 floats, which the product vectorises fully.
+    flat = scores.new_zeros(height * width, -(-channels // 8) * 8, dtype=torch.float32)
+    flat[:, :channels] = scores.reshape(channels, -1).t()
     spare = torch.empty_like(flat)
     for _ in range(iterations):
-        torch.mm(averaging, flat, out=spare)
+        torch.addmm(spare, averaging, flat, beta=0, out=spare)  # beta 0: spare's old values are not read
         flat, spare = spare, flat
-    return flat.t().contiguous().view(channels, height, width)
+    return flat[:, :channels].t().contiguous().view(channels, height, width)
 
 
 def dense_crf(
