@@ -104,7 +104,9 @@ def mean_pool(x: Tensor, stride: int) -> Tensor:
     return total.div_(count_rows[:, None] * count_cols)
 
 
-def neighbour_index(height: int, width: int, offsets: Sequence[tuple[int, int]], device=None) -> Tensor:
+def neighbour_index(
+    height: int, width: int, offsets: Sequence[tuple[int, int]], device: torch.device | None = None
+) -> Tensor:
     """Flat index of each pixel's neighbours, the border replicated (as :func:`shifted_views`).
 
     Returns:
@@ -183,7 +185,7 @@ def pamr_affinity(guide: Tensor, dilations: Sequence[int], temperature: float = 
         ).abs_()
         y0, x0 = reach - top, reach - left  # where the image starts inside diff
         targets = [(slot, y0, x0)]
-        if (-dy, -dx) in slots and (dy, dx) != (0, 0):
+        if (-dy, -dx) in slots:
             targets.append((slots[(-dy, -dx)], y0 - dy, x0 - dx))  # |g(i - o) - g(i)| = diff[i - o]
         for target, y, x in targets:
             out = logits[target[0]]
