@@ -87,20 +87,22 @@ def _box_mean(x: Tensor, window: int) -> Tensor:
 def mean_pool(x: Tensor, stride: int) -> Tensor:
     """``[C, H, W]`` averaged over ``stride`` x ``stride`` blocks, a partial block at the
     bottom or right over the pixels it holds: ``F.avg_pool2d(x, stride, ceil_mode=True)``
-    as stride² strided sums.
+    as sums of every stride-th row, then of every stride-th column.
 
     Returns:
         ``[C, ceil(H / stride), ceil(W / stride)]``.
     """
-    channels, height, width = x.shape
-    rows, cols = -(-height // stride), -(-width // stride)
-    total = x.new_zeros(channels, rows, cols)
-    for dy in range(stride):
-        for dx in range(stride):
-            part = x[:, dy::stride, dx::stride]
-            total[:, : part.shape[1], : part.shape[2]] += part
-    count_rows = (height - stride * torch.arange(rows, device=x.device)).clamp_(max=stride)
-    count_cols = (width - stride * torch.arange(cols, device=x.device)).clamp_(max=stride)
+    _, height, width = x.shape
+    rows = x[:, ::stride].clone()
+    for dy in range(1, stride):
+        part = x[:, dy::stride]
+        rows[:, : part.shape[1]] += part
+    total = rows[..., ::stride].clone()
+    for dx in range(1, stride):
+        part = rows[..., dx::stride]
+        total[..., : part.shape[2]] += part
+    count_rows = (height - stride * torch.arange(total.shape[1], device=x.device)).clamp_(max=stride)
+    count_cols = (width - stride * torch.arange(total.shape[2], device=x.device)).clamp_(max=stride)
     return total.div_(count_rows[:, None] * count_cols)
 
 
