@@ -100,7 +100,7 @@ def refine_segmentation(
         image, seg_logits.float().softmax(dim=0), method="pamr", texture_window=texture_window,
         stride=stride, dilations=dilations, iterations=iterations,
     )
-    return probs.clamp(min=1e-8).log()
+    return probs.clamp_(min=1e-8).log_()
 
 
 def _padded_input(image: np.ndarray, multiple: int = 8) -> torch.Tensor:
