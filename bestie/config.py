@@ -72,7 +72,7 @@ class ClassifierParams:
 
     backbone: str = _f("small", choices=tuple(BACKBONES))  # vgg16: the published layout
     width: int = _f(16, min=8, parity="even")  # small backbone only: channels of its first stage
-    pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
+    pretrained: bool = _f(False)  # ImageNet weights through torchvision or timm (needs internet)
     # PAM threshold; 0 gives a plain CAM classifier. The published 0.7 suits ImageNet-initialised
     # VGG-16; from scratch, PAM's sparse gradients halve "one peak per instance" (README).
     alpha: float = _f(0.0, min=0.0, max=1.0)

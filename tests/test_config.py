@@ -87,7 +87,7 @@ def test_backbone_choices_are_the_registry(section: str) -> None:
     for name in BACKBONES:
         assert getattr(parse_params({section: {"backbone": name}}), section).backbone == name
     with pytest.raises(BestieError, match=re.escape(f"{section}.backbone must be one of small | resnet50 | "
-                                                    "resnet101 | vgg16, got 'hrnet'")):
+                                                    "resnet101 | vgg16 | hrnet_w32 | hrnet_w48, got 'hrnet'")):
         parse_params({section: {"backbone": "hrnet"}})
 
 

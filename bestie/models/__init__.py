@@ -7,6 +7,7 @@ named outputs.
 from bestie.models.backbones import (
     BACKBONES,
     Backbone,
+    HRNetBackbone,
     ResNetBackbone,
     SmallBackbone,
     VGG16Backbone,
@@ -19,6 +20,7 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "BestieNet",
+    "HRNetBackbone",
     "PAMClassifier",
     "PeakAttention",
     "ResNetBackbone",
