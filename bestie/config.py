@@ -175,6 +175,7 @@ class TrainParams(LoopCadenceParams):
     refine_nms_kernel: int = _f(41, min=1, parity="odd")
     refine_max_instances: int = _f(5, min=1)
     amp: bool = _f(True)  # only takes effect on CUDA
+    channels_last: bool = _f(True)  # NHWC memory format for cuDNN's fast convolutions; only on CUDA
     workers: int = _f(2, min=0)
 
 
