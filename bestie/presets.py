@@ -53,8 +53,9 @@ def load_preset(path: str | Path, base: str | Path = "params.yaml") -> tuple[dic
     overlay = read_params_file(path)
     if not isinstance(overlay, dict) or not overlay:
         raise BestieError(f"{path}: a preset is a non-empty mapping of params")
+    merged = merge_params(read_params_file(base) or {}, overlay)  # a bad base names itself
     try:
-        params = parse_params(merge_params(read_params_file(base) or {}, overlay))
+        params = parse_params(merged)
     except BestieError as err:
         raise BestieError(f"{path}: {err}") from None
     return overlay, params
