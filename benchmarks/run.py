@@ -90,10 +90,12 @@ def bench_refine_and_postprocess(num_classes: int) -> dict[str, float]:
     return {"refine_image": image_level, "refine_point": point_level, "postprocess": post, "seg_refine": seg_refine}
 
 
-def bench_training_iteration(num_classes: int) -> float:
+def training_step(num_classes: int, backbone: str, batch_size: int, crop_size: int) -> Callable[[], None]:
+    """One training iteration of BESTIE (forward, losses with self-refinement, backward, Adam step)
+    at the default train params, on a synthetic batch (no data loading)."""
     torch.manual_seed(0)
     params = TrainParams()
-    model = BestieNet(num_classes, params.backbone, bn_momentum=params.bn_momentum)
+    model = BestieNet(num_classes, backbone, bn_momentum=params.bn_momentum)
     optimizer = build_optimizer("adam", model.parameters(), params.lr, params.weight_decay)
     criterion = BestieCriterion(
         "cls", num_classes, seg_weight=params.seg_weight, center_weight=params.center_weight,
@@ -101,9 +103,9 @@ def bench_training_iteration(num_classes: int) -> float:
         refine_thresh=params.refine_thresh, refine_nms_kernel=params.refine_nms_kernel,
         refine_max_instances=params.refine_max_instances, sigma=params.sigma,
     )
-    data = synthetic_batch(8, params.crop_size, num_classes)
+    data = synthetic_batch(batch_size, crop_size, num_classes)
     batch = {
-        "image": torch.randn(8, 3, params.crop_size, params.crop_size),
+        "image": torch.randn(batch_size, 3, crop_size, crop_size),
         "semantic": data["semantic"],
         "center": data["center"],
         "offset": data["offset"],
@@ -119,7 +121,12 @@ def bench_training_iteration(num_classes: int) -> float:
         losses["loss"].backward()
         optimizer.step()
 
-    return median_ms(step, 10)
+    return step
+
+
+def bench_training_iteration(num_classes: int) -> float:
+    params = TrainParams()
+    return median_ms(training_step(num_classes, params.backbone, 8, params.crop_size), 10)
 
 
 def bench_stages() -> list[tuple[str, float]]:

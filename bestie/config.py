@@ -16,6 +16,7 @@ registered.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import yaml
 from bestie.errors import BestieError
 from bestie.models.backbones import BACKBONES
 
-__all__ = ["Params", "load_params", "parse_params", "parse_section", "SUPERVISIONS", "DATA_FORMATS"]
+__all__ = ["Params", "load_params", "read_params_file", "parse_params", "parse_section", "SUPERVISIONS", "DATA_FORMATS"]
 
 SUPERVISIONS = ("cls", "point", "full")
 INPUT_SOURCES = ("compute", "read")  # a stage's output computed, or read from precomputed files
@@ -99,7 +100,7 @@ class ClassifierParams:
 
     backbone: str = _f("small", choices=tuple(BACKBONES))  # vgg16: the published layout
     width: int = _f(16, min=8, parity="even")  # small backbone only: channels of its first stage
-    pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
+    pretrained: bool = _f(False)  # ImageNet weights through torchvision or timm (needs internet)
     # PAM threshold; 0 gives a plain CAM classifier. The published 0.7 suits ImageNet-initialised
     # VGG-16; from scratch, PAM's sparse gradients halve "one peak per instance" (README).
     alpha: float = _f(0.0, min=0.0, max=1.0)
@@ -233,6 +234,7 @@ class TrainParams(LoopCadenceParams):
     refine_nms_kernel: int = _f(41, min=1, parity="odd")
     refine_max_instances: int = _f(5, min=1)
     amp: bool = _f(True)  # only takes effect on CUDA
+    channels_last: bool = _f(True)  # NHWC memory format for cuDNN's fast convolutions; only on CUDA
     workers: int = _f(2, min=0)
 
 
@@ -422,19 +424,33 @@ def parse_section(name: str, raw: Any) -> Any:
     return _check_value(raw, hints[name], name, {})
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; raise :class:`BestieError` naming any bad key."""
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where ``5e-05`` (no dot) is a string; ``dvc exp run -S`` writes
+    small floats that way (YAML 1.2), so such floats are read as YAML 1.2 reads them."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def read_params_file(path: str | Path) -> Any:
+    """The YAML of a params file, unvalidated; a missing file or bad YAML is one-line :class:`BestieError`."""
     path = Path(path)
     if not path.is_file():
         raise BestieError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_ParamsLoader)
     except yaml.YAMLError as err:  # its text spans several lines: keep the problem and where
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise BestieError(f"{path}: not valid YAML ({problem}{where})") from None
-    return parse_params(raw)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; raise :class:`BestieError` naming any bad key."""
+    return parse_params(read_params_file(path))
 
 
 def to_dict(obj: Any) -> dict:

@@ -74,7 +74,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
                               train.iterations, params.seed, context, train.workers),
             build_optimizer("adam", model.parameters(), train.lr, train.weight_decay),
             partial(poly_lr, total=train.iterations, warmup=train.warmup_iters, power=train.poly_power),
-            LoopSettings(train.iterations, train.log_every, train.checkpoint_every, seed=params.seed, amp=train.amp),
+            LoopSettings(train.iterations, train.log_every, train.checkpoint_every, seed=params.seed, amp=train.amp,
+                         channels_last=train.channels_last),
             context, state=state,
             save_state=state_saver(run.path, model, kind="bestie", config=config, class_names=manifest.class_names),
         )

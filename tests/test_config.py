@@ -99,13 +99,21 @@ def test_backbone_choices_are_the_registry(section: str) -> None:
     for name in BACKBONES:
         assert getattr(parse_params({section: {"backbone": name}}), section).backbone == name
     with pytest.raises(BestieError, match=re.escape(f"{section}.backbone must be one of small | resnet50 | "
-                                                    "resnet101 | vgg16, got 'hrnet'")):
+                                                    "resnet101 | vgg16 | hrnet_w32 | hrnet_w48, got 'hrnet'")):
         parse_params({section: {"backbone": "hrnet"}})
 
 
 def test_maskrcnn_backbone_choices_are_its_builders() -> None:
     (backbone,) = [f for f in dataclasses.fields(MaskRCNNParams) if f.name == "backbone"]
     assert backbone.metadata["choices"] == MASKRCNN_BACKBONES
+
+
+def test_floats_as_dvc_writes_them(tmp_path: Path) -> None:
+    """`dvc exp run -S train.lr=5e-5` writes `lr: 5e-05`, a string to YAML 1.1 readers."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 5e-05\n  warmup_iters: 10\ndata:\n  root: '1e3'\n")
+    params = load_params(path)
+    assert (params.train.lr, params.train.warmup_iters, params.data.root) == (5e-05, 10, "1e3")
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import yaml
 from bestie.checkpoint import load_checkpoint
 from bestie.metrics.instances import voc_instance_map
 from bestie.io import environment_versions
+from bestie.presets import merge_params
 
 from .helpers import clone_project, env_with_this_python, write_params
 
@@ -250,3 +251,15 @@ def test_killed_training_resumes_and_leaves_nothing_corrupt(project: Path) -> No
     finally:
         (project / "params.yaml").write_text(params)
         _dvc(project, "repro")
+
+
+def test_repro_train_with_timms_hrnet(tmp_path: Path) -> None:
+    """The train stage on timm's HRNet-W32 (no ImageNet weights): `dvc repro train` on tiny params."""
+    project = clone_project(tmp_path)
+    write_params(project / "params.yaml", merge_params(TINY, {"train": {"backbone": "hrnet_w32", "crop_size": 64}}))
+    _dvc(project, "repro", "train")
+    checkpoint = load_checkpoint(project / "data/models/bestie.pt", kind="bestie")
+    assert checkpoint["config"]["backbone"] == "hrnet_w32"
+    assert any(name.startswith("backbone.body.stage4.") for name in checkpoint["model"])
+    log = (project / "metrics/train/log.tsv").read_text().splitlines()
+    assert len(log) == 1 + TINY["train"]["iterations"]  # a header, then one row an iteration (log_every 1)

@@ -8,6 +8,7 @@ named outputs.
 from bestie.models.backbones import (
     BACKBONES,
     Backbone,
+    HRNetBackbone,
     ResNetBackbone,
     SmallBackbone,
     VGG16Backbone,
@@ -21,6 +22,7 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "BestieNet",
+    "HRNetBackbone",
     "PAMClassifier",
     "PeakAttention",
     "ResNetBackbone",

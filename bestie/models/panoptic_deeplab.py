@@ -197,16 +197,21 @@ def default_decoder_specs(backbone: Backbone) -> tuple[DecoderSpec, DecoderSpec]
     """(semantic, instance) specs: Panoptic-DeepLab's widths, compact ones for a compact backbone.
 
     Panoptic-DeepLab's ASPP rates (6, 12, 18) are for output stride 16 and ~500 px crops;
-    they double at stride 8. A compact backbone (the small one) sees ~128 px images at
-    stride 8 (~16 cells), where rates (2, 4, 6) still fall inside the map.
+    they scale with the deepest map's cell: (12, 24, 36) at stride 8, (3, 6, 9) at stride 32
+    (its HRNet setting). The low-level projections halve from coarse to fine, the finest
+    keeping 32 (semantic) and 16 (instance) channels, however many maps the backbone fuses.
+    A compact backbone (the small one) sees ~128 px images at stride 8 (~16 cells), where
+    rates (2, 4, 6) still fall inside the map.
     """
     if backbone.compact:
         rates = (2, 4, 6)
         return (DecoderSpec(64, (32, 16), 64, rates, separable=False),
                 DecoderSpec(64, (32, 16), 32, rates, separable=False))
-    scale = 16 // backbone.strides[backbone.deepest] or 1
-    rates = (6 * scale, 12 * scale, 18 * scale)
-    return DecoderSpec(256, (64, 32), 256, rates), DecoderSpec(128, (32, 16), 32, rates)
+    stride = backbone.strides[backbone.deepest]
+    rates = tuple(rate * 16 // stride for rate in (6, 12, 18))
+    halving = [2 ** k for k in reversed(range(len(backbone.low_level)))]
+    return (DecoderSpec(256, tuple(32 * f for f in halving), 256, rates),
+            DecoderSpec(128, tuple(16 * f for f in halving), 32, rates))
 
 
 def build_decoder(backbone: Backbone, spec: DecoderSpec) -> Decoder:
