@@ -5,10 +5,8 @@ and turned into frozen dataclasses that library code receives as explicit argume
 Every stage loads the whole file, so one bad value stops ``dvc repro`` at its first stage
 with a one-line message naming the key.
 
-A field's limits live in its metadata: ``min``/``max`` (inclusive), ``choices`` and
-``parity`` (``"odd"``, e.g. a centred window's width, or ``"even"``) bound a value, or each
-item of a list; ``nonempty`` refuses an empty string or list. What relates two fields is checked in the
-dataclass's ``__post_init__``. A model's choices are its registry's names
+A field's limits live in its metadata (:mod:`bestie.schema`: ``min``, ``max``, ``choices``,
+``parity``, ``nonempty``); what relates two fields is checked in the dataclass's ``__post_init__``. A model's choices are its registry's names
 (:data:`~bestie.models.backbones.BACKBONES`), so a new backbone is valid as soon as it is
 registered.
 """
@@ -16,17 +14,14 @@ registered.
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bestie.errors import BestieError
 from bestie.models.backbones import BACKBONES
+from bestie.schema import build, check_value, field_with_limits as _f, read_yaml_file
 
 __all__ = ["Params", "load_params", "read_params_file", "parse_params", "parse_section", "SUPERVISIONS", "DATA_FORMATS"]
 
@@ -34,14 +29,6 @@ SUPERVISIONS = ("cls", "point", "full")
 INPUT_SOURCES = ("compute", "read")  # a stage's output computed, or read from precomputed files
 DATA_FORMATS = ("voc", "coco")
 MAX_SEED = 2**32 - 1  # the usual seed range (torch.manual_seed fails beyond 64 bits)
-_PARITY = {"even": 0, "odd": 1}
-
-
-def _f(default: Any, **limits: Any) -> Any:
-    """A dataclass field with validation limits (``min``, ``max``, ``choices``, ``parity``, ``nonempty``)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=limits)
-    return field(default=default, metadata=limits)
 
 
 @dataclass(frozen=True)
@@ -348,72 +335,13 @@ class Params:
                 )
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_value(value: Any, tp: Any, key: str, limits: dict) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise BestieError(f"params: {key} must be a mapping, got {value!r}")
-        return _build(tp, value, key)
-    if origin in (list, tuple):
-        (item_tp, *_) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise BestieError(f"params: {key} must be a list, got {value!r}")
-        items = [_check_value(v, item_tp, f"{key}[{i}]", limits) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        (tp,) = [o for o in options if o is not type(None)]
-    # bool is an int in Python; a YAML `yes` must not pass as a count, nor 1 as a flag.
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-        raise BestieError(
-            f"params: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-        )
-    if "choices" in limits and value not in limits["choices"]:
-        choices = " | ".join(map(str, limits["choices"]))
-        raise BestieError(f"params: {key} must be one of {choices}, got {value!r}")
-    if "min" in limits and value < limits["min"]:
-        raise BestieError(f"params: {key} must be >= {limits['min']}, got {value!r}")
-    if "max" in limits and value > limits["max"]:
-        raise BestieError(f"params: {key} must be <= {limits['max']}, got {value!r}")
-    if "parity" in limits and value % 2 != _PARITY[limits["parity"]]:
-        raise BestieError(f"params: {key} must be {limits['parity']}, got {value!r}")
-    return value
-
-
-def _build(cls: type, raw: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise BestieError(
-            f"params: unknown key {where}{unknown[0]} (known: {', '.join(sorted(fields))})"
-        )
-    kwargs = {}
-    for name, value in raw.items():
-        key = f"{prefix}.{name}" if prefix else name
-        limits = dict(fields[name].metadata)
-        kwargs[name] = _check_value(value, hints[name], key, limits)
-        if limits.get("nonempty") and not kwargs[name]:  # the field as a whole, not its items
-            raise BestieError(f"params: {key} must not be empty")
-    return cls(**kwargs)
-
-
 def parse_params(raw: dict | None) -> Params:
     """Validate a params mapping (as read from YAML) into :class:`Params`."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise BestieError("params: the top level must be a mapping")
-    return _build(Params, raw)
+    return build(Params, raw)
 
 
 def parse_section(name: str, raw: Any) -> Any:
@@ -421,31 +349,14 @@ def parse_section(name: str, raw: Any) -> Any:
     hints = typing.get_type_hints(Params)
     if name not in hints:
         raise KeyError(name)
-    return _check_value(raw, hints[name], name, {})
-
-
-class _ParamsLoader(yaml.SafeLoader):
-    """PyYAML reads YAML 1.1, where ``5e-05`` (no dot) is a string; ``dvc exp run -S`` writes
-    small floats that way (YAML 1.2), so such floats are read as YAML 1.2 reads them."""
-
-
-_ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
+    return check_value(raw, hints[name], name, {})
 
 
 def read_params_file(path: str | Path) -> Any:
     """The YAML of a params file, unvalidated; a missing file or bad YAML is one-line :class:`BestieError`."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise BestieError(f"{path}: params file not found")
-    try:
-        return yaml.load(path.read_text(), Loader=_ParamsLoader)
-    except yaml.YAMLError as err:  # its text spans several lines: keep the problem and where
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise BestieError(f"{path}: not valid YAML ({problem}{where})") from None
+    return read_yaml_file(path)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

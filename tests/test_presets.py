@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from dvc.utils.hydra import apply_overrides
 
 from bestie.cli import main
@@ -20,24 +19,13 @@ from .helpers import REPO
 PRESETS = sorted((REPO / "presets").glob("*.yaml"))
 
 
-def _known_part(path: Path, folder: Path) -> Path:
-    """The preset, less `data.format` while params have no such key: the COCO preset names it
-    ahead of the COCO input, which adds it."""
-    overlay = yaml.safe_load(path.read_text())
-    if "format" not in {f.name for f in dataclasses.fields(DataParams)}:
-        overlay.get("data", {}).pop("format", None)
-    folder.mkdir(exist_ok=True)
-    (folder / path.name).write_text(yaml.safe_dump(overlay, sort_keys=False))
-    return folder / path.name
-
-
 def test_there_are_voc_and_coco_presets() -> None:
     assert {"voc_paper.yaml", "coco_paper.yaml"} <= {p.name for p in PRESETS}
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_every_preset_validates_over_params_yaml(path: Path, tmp_path: Path) -> None:
-    overlay, params = load_preset(_known_part(path, tmp_path / "known"), REPO / "params.yaml")
+    overlay, params = load_preset(path, REPO / "params.yaml")
     assert params.train.pretrained and params.train.backbone == "hrnet_w48"
     assert overlay
 
@@ -61,7 +49,7 @@ def test_voc_preset_is_the_papers_setting() -> None:
 def test_dvc_applies_exactly_the_preset(path: Path, tmp_path: Path) -> None:
     """The -S arguments, applied by DVC's own code to params.yaml, give the validated params;
     a later -S wins over the preset's value."""
-    overlay, expected = load_preset(_known_part(path, tmp_path / "known"), REPO / "params.yaml")
+    overlay, expected = load_preset(path, REPO / "params.yaml")
     params_file = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", params_file)
     command = exp_run_command(overlay, ["--temp", "-S", "train.iterations=7"])
