@@ -11,6 +11,8 @@ process in rank order, which is the list's order: the merged result is the one p
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -21,7 +23,9 @@ import torch.distributed as dist
 from bestie.errors import BestieError
 from bestie.runtime import select_device
 
-__all__ = ["DistContext", "init_distributed", "all_reduce_mean", "shard", "gather_shards", "shutdown_distributed"]
+__all__ = [
+    "DistContext", "init_distributed", "distributed", "all_reduce_mean", "shard", "gather_shards", "shutdown_distributed",
+]
 
 T = TypeVar("T")
 
@@ -98,3 +102,13 @@ def gather_shards(part: list[T], context: DistContext | None) -> list[T] | None:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(device: str = "auto") -> Iterator[DistContext]:
+    """:func:`init_distributed` for the ``with`` block; the process group is left at its end."""
+    context = init_distributed(device)
+    try:
+        yield context
+    finally:
+        shutdown_distributed()

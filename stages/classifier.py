@@ -78,7 +78,7 @@ if __name__ == "__main__":
         manifest="data/prepared/manifest.json",
         out="data/models/pam.pt",
         metrics="metrics/classifier.json",
-        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        state_dir="data/train_state",
         device="auto",
     )
     args = parser.parse_args()

@@ -12,24 +12,22 @@ from pathlib import Path
 from bestie.coco import ground_truth_by_image
 from bestie.config import Params
 from bestie.data.manifest import load_manifest
-from bestie.distributed import init_distributed, shutdown_distributed
+from bestie.distributed import distributed
 from bestie.evaluate_split import predict_split, write_evaluation
-from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, settings_from_params, settings_record
+from bestie.inference import SETTINGS_FILE, load_bestie, record_predictor, settings_from_params, settings_record
 from bestie.io import read_json
 from bestie.stage import add_arguments, run_stage
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
-    context = init_distributed(args.device)
-    try:
+    with distributed(args.device) as context:
         model, _ = load_bestie(args.model, context.device, class_names=manifest.class_names)
         options = params.inference
-        point_guided = params.supervision == "point" and params.evaluate.point_guided
-
-        def predict(image, record):
-            points = record.points if point_guided else None
-            return predict_instances(model, image, context.device, settings_from_params(options), points=points)
+        predict = record_predictor(
+            model, context.device, settings_from_params(options),
+            point_guided=params.supervision == "point" and params.evaluate.point_guided,
+        )
 
         predictions = predict_split(
             predict, manifest.val, manifest.class_names, manifest.category_ids,
@@ -40,8 +38,6 @@ def main(params: Params, args: argparse.Namespace) -> None:
                 predictions, args.val_gt, out_dir=args.out, metrics_path=args.metrics, gallery_dir=args.gallery,
                 records={SETTINGS_FILE: settings_record(options, args.model)},
             )
-    finally:
-        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from bestie.config import Params
 from bestie.data.manifest import load_manifest
-from bestie.distributed import init_distributed, shutdown_distributed
+from bestie.distributed import distributed
 from bestie.evaluate_split import predict_coco
-from bestie.inference import load_bestie, predict_instances, settings_from_params
+from bestie.inference import load_bestie, record_predictor, settings_from_params
 from bestie.io import read_json, write_json, write_metrics
 from bestie.metrics.instances import exported_label_metrics
 from bestie.stage import add_arguments, run_stage
@@ -25,16 +25,13 @@ from bestie.stage import add_arguments, run_stage
 
 def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
-    context = init_distributed(args.device)
-    try:
+    with distributed(args.device) as context:
         model, _ = load_bestie(args.model, context.device, class_names=manifest.class_names)
         options = params.export_coco
-        point_guided = params.supervision == "point" and options.point_guided
-        settings = settings_from_params(params.inference)
-
-        def predict(image, record):
-            points = record.points if point_guided else None
-            return predict_instances(model, image, context.device, settings, points=points)
+        predict = record_predictor(
+            model, context.device, settings_from_params(params.inference),
+            point_guided=params.supervision == "point" and options.point_guided,
+        )
 
         coco = predict_coco(
             predict, manifest.train, manifest.class_names, manifest.category_ids, options.score_thresh,
@@ -47,8 +44,6 @@ def main(params: Params, args: argparse.Namespace) -> None:
             write_metrics(args.metrics, stats)
             print(f"export_coco: {stats['instances']} instances on {stats['images_with_instances']} of "
                   f"{stats['images']} training images")
-    finally:
-        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ if __name__ == "__main__":
         eval_out="data/eval/maskrcnn",
         metrics="metrics/maskrcnn.json",
         gallery="metrics/gallery/maskrcnn",
-        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        state_dir="data/train_state",
         device="auto",
     )
     args = parser.parse_args()

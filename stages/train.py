@@ -14,7 +14,7 @@ from bestie.checkpoint import save_checkpoint
 from bestie.config import Params, to_dict
 from bestie.data.instance_dataset import BestieTrainDataset, collate_samples
 from bestie.data.manifest import load_manifest
-from bestie.distributed import init_distributed, shutdown_distributed
+from bestie.distributed import distributed
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_tsv
 from bestie.losses import BestieCriterion, BestieTraining
@@ -31,8 +31,7 @@ NOT_IN_FINGERPRINT = ("resume", "workers", "log_every", "checkpoint_every")
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    context = init_distributed(args.device)
-    try:
+    with distributed(args.device) as context:
         seed_everything(params.seed)
         manifest = load_manifest(Path(args.prepared) / "manifest.json")
         train = params.train
@@ -85,8 +84,6 @@ def main(params: Params, args: argparse.Namespace) -> None:
             )
             write_tsv(args.log, LOG_COLUMNS, history)
             run.path.unlink(missing_ok=True)
-    finally:
-        shutdown_distributed()
 
 
 if __name__ == "__main__":
@@ -98,7 +95,7 @@ if __name__ == "__main__":
         pseudo_labels="data/pseudo_labels",
         out="data/models/bestie.pt",
         log="metrics/train/log.tsv",
-        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        state_dir="data/train_state",
         device="auto",
     )
     args = parser.parse_args()

@@ -127,7 +127,7 @@ if __name__ == "__main__":
         out="data/wsss_network",
         log="metrics/wsss_network/log.tsv",
         metrics="metrics/wsss_network.json",
-        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        state_dir="data/train_state",
         device="auto",
     )
     args = parser.parse_args()
