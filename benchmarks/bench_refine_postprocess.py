@@ -2,7 +2,7 @@
 
     python benchmarks/bench_refine_postprocess.py [--batch 8] [--size 128] [--classes 20]
 
-Targets on this CPU at 128 px (10x the published code): refinement of a batch of 8 < 36 ms,
+Targets on this CPU at 128 px: refinement of a batch of 8 < 36 ms,
 post-processing < 5.8 ms per image. Prints a table; asserts nothing.
 """
 

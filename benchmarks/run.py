@@ -4,7 +4,7 @@
     python benchmarks/run.py --stages        # + each DVC stage's wall time on the current params
                                              #   (re-runs the whole pipeline: minutes)
 
-Prints a Markdown table; asserts nothing. Rows:
+Prints Markdown tables; asserts nothing. Rows:
 - target rendering: center/offset/weight maps of one 128x128 training crop with 5 instances;
 - self-refinement: one batch of 8 at 128x128 (image-level and point-level);
 - post-processing: network outputs -> instances, one 128x128 image;
@@ -13,7 +13,10 @@ Prints a Markdown table; asserts nothing. Rows:
 - training iteration: forward + backward + Adam step + self-refinement of the default
   small BESTIE network on a batch of 8 crops of 128x128 (no data loading);
 - stages: wall time of `dvc repro --force --single-item STAGE` for every stage, in DAG order,
-  their sum, and the peak resident memory of any process they ran.
+  their sum, and the peak resident memory of any process they ran;
+- then, on one thread, the tables of benchmarks/bench_inference.py: the cases of issue 18's
+  published anchor, the segmentation refinement before that issue and now, and whole-image
+  inference throughput at 500x375 (small and resnet50 networks).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import print_tables  # noqa: E402
 from bench_refine_postprocess import synthetic_batch  # noqa: E402
 
 from bestie.config import SegRefineParams, TrainParams  # noqa: E402
@@ -86,10 +90,12 @@ def bench_refine_and_postprocess(num_classes: int) -> dict[str, float]:
     return {"refine_image": image_level, "refine_point": point_level, "postprocess": post, "seg_refine": seg_refine}
 
 
-def bench_training_iteration(num_classes: int) -> float:
+def training_step(num_classes: int, backbone: str, batch_size: int, crop_size: int) -> Callable[[], None]:
+    """One training iteration of BESTIE (forward, losses with self-refinement, backward, Adam step)
+    at the default train params, on a synthetic batch (no data loading)."""
     torch.manual_seed(0)
     params = TrainParams()
-    model = BestieNet(num_classes, params.backbone, bn_momentum=params.bn_momentum)
+    model = BestieNet(num_classes, backbone, bn_momentum=params.bn_momentum)
     optimizer = build_optimizer("adam", model.parameters(), params.lr, params.weight_decay)
     criterion = BestieCriterion(
         "cls", num_classes, seg_weight=params.seg_weight, center_weight=params.center_weight,
@@ -97,9 +103,9 @@ def bench_training_iteration(num_classes: int) -> float:
         refine_thresh=params.refine_thresh, refine_nms_kernel=params.refine_nms_kernel,
         refine_max_instances=params.refine_max_instances, sigma=params.sigma,
     )
-    data = synthetic_batch(8, params.crop_size, num_classes)
+    data = synthetic_batch(batch_size, crop_size, num_classes)
     batch = {
-        "image": torch.randn(8, 3, params.crop_size, params.crop_size),
+        "image": torch.randn(batch_size, 3, crop_size, crop_size),
         "semantic": data["semantic"],
         "center": data["center"],
         "offset": data["offset"],
@@ -115,7 +121,12 @@ def bench_training_iteration(num_classes: int) -> float:
         losses["loss"].backward()
         optimizer.step()
 
-    return median_ms(step, 10)
+    return step
+
+
+def bench_training_iteration(num_classes: int) -> float:
+    params = TrainParams()
+    return median_ms(training_step(num_classes, params.backbone, 8, params.crop_size), 10)
 
 
 def bench_stages() -> list[tuple[str, float]]:
@@ -158,6 +169,9 @@ def main() -> None:
         # ru_maxrss of waited-for children: the largest resident set of any one process (KiB on Linux).
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         print(f"| peak memory of a stage process | {peak:.2f} GiB |")
+    torch.set_num_threads(1)
+    print(f"\nInference at VOC size, one thread (load average {os.getloadavg()[0]:.1f}):\n")
+    print_tables(repeat=5)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from bestie.coco import masks_to_results
 from bestie.config import SegRefineParams, load_params
-from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
+from bestie.data.manifest import class_map_path, load_manifest
+from bestie.data.png import read_label_png
 from bestie.inference import load_bestie, network_outputs, refine_segmentation
+from bestie.io import read_image
 from bestie.metrics.instances import evaluate_instances
 from bestie.metrics.segmentation import confusion_matrix, iou_per_class
 from bestie.postprocess import postprocess
@@ -47,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="data/models/bestie.pt")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", default="data/prepared/manifest.json")
+    parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--val-gt", default="data/eval/val_gt.json")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -56,18 +57,17 @@ def main() -> None:
     options = params.inference
     # The "refined" row shows what refinement would give even when params turn it off.
     refine = options.seg_refine if options.seg_refine.iterations else SegRefineParams()
-    manifest = load_manifest(args.prepared)
+    manifest = load_manifest(f"{args.prepared}/manifest.json")
     device = select_device(args.device)
     model, _ = load_bestie(args.checkpoint, device, class_names=manifest.class_names)
-    voc = VOCDataset(params.data.root, params.data.val_split)
     num_labels = manifest.num_classes + 1
     variants = ("predicted", "refined", "ground truth")
     results = {name: [] for name in variants}
     confusion = {name: torch.zeros(num_labels, num_labels, dtype=torch.long) for name in variants}
 
     for record in manifest.val:
-        image = voc.read_image(record.name)
-        class_map = voc.read_class_map(record.name)
+        image = read_image(record.path)
+        class_map = read_label_png(class_map_path(args.prepared, "val", record.name))
         normalized, seg, center, offset = network_outputs(model, image, device, options.flip)
         segmentations = {
             "predicted": seg,
@@ -84,7 +84,9 @@ def main() -> None:
                 logits, center, offset, image_size=image.shape[:2], min_size=options.min_size,
                 center_threshold=options.center_thresh, nms_kernel=options.nms_kernel,
             )
-            results[name] += masks_to_results(instances.masks, instances.classes, instances.scores, record.image_id)
+            results[name] += masks_to_results(
+                instances.masks, instances.classes, instances.scores, record.image_id, manifest.category_ids
+            )
 
     print(f"{args.checkpoint} on {len(manifest.val)} val images; refinement: {refine.iterations} PAMR iterations\n")
     print("| segmentation | mIoU | voc_map25 | voc_map50 | voc_map70 | coco_ap |")

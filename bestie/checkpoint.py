@@ -32,7 +32,7 @@ from bestie.io import atomic_file
 
 __all__ = ["KINDS", "save_checkpoint", "load_checkpoint", "load_weights"]
 
-KINDS = ("pam", "bestie", "maskrcnn")
+KINDS = ("pam", "bestie", "maskrcnn", "wsss_network")
 FORMAT = "bestie"
 VERSION = 1
 

@@ -1,12 +1,14 @@
-"""The multi-label (PAM) classifier (docs/method.md §1): building, training parts, evaluation.
+"""The multi-label (PAM) classifier (docs/method.md §1): building, training, evaluation.
 
-Training runs :func:`bestie.training.train` on :class:`ClassifierLoss`, epoch by epoch over
-:func:`shuffled_loader`, the learning rate divided by 10 at given epochs.
+:func:`fit_classifier` runs :func:`bestie.training.train` on :class:`ClassifierLoss`, epoch by
+epoch over :func:`shuffled_loader`, the learning rate divided by 10 at given epochs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +16,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from bestie.checkpoint import load_weights
 from bestie.models.backbones import build_backbone
+from bestie.distributed import DistContext
 from bestie.models.pam import PAMClassifier, multilabel_loss
+from bestie.training import LoopSettings, TrainState, build_optimizer, epoch_batches, step_lr, train
 
 __all__ = [
     "predict_logits",
@@ -22,6 +26,7 @@ __all__ = [
     "classifier_param_groups",
     "shuffled_loader",
     "epoch_loss",
+    "fit_classifier",
     "build_classifier",
     "classifier_from_checkpoint",
 ]
@@ -87,6 +92,45 @@ def epoch_loss(losses: list[float]) -> float:
     for loss in losses:
         total += loss
     return total.item() / len(losses)
+
+
+def fit_classifier(
+    model: PAMClassifier,
+    train_set: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    lr_steps: Sequence[int],
+    optimizer: str,
+    weight_decay: float,
+    pretrained: bool,
+    seed: int,
+    workers: int,
+    context: DistContext,
+    state: TrainState | None = None,
+    save_state: Callable[[TrainState], None] | None = None,
+) -> tuple[list[dict], int]:
+    """Train the classifier epoch by epoch; resumable at epoch boundaries (``state.iteration``).
+
+    The learning rate is divided by 10 at each epoch of ``lr_steps``; the state is saved after
+    every epoch, where the shuffling generator's state is part of it.
+
+    Returns:
+        the training log (one row per iteration) and the iterations of an epoch.
+    """
+    state = state or TrainState()
+    loader = shuffled_loader(train_set, batch_size, workers, seed, context.device)
+    steps = len(loader)  # an epoch
+    history = train(
+        ClassifierLoss(model),
+        epoch_batches(loader, epochs, state.iteration // steps),
+        build_optimizer(optimizer, classifier_param_groups(model, lr, pretrained), lr, weight_decay),
+        partial(step_lr, milestones=[epoch * steps for epoch in lr_steps]),
+        LoopSettings(epochs * steps, log_every=1, checkpoint_every=steps, name="classifier"),
+        context, state=state, save_state=save_state, shuffle=loader.generator,
+    )
+    return history, steps
 
 
 def build_classifier(

@@ -1,6 +1,7 @@
-"""The ``bestie`` command: use a trained checkpoint on your own images.
+"""The ``bestie`` command: use a trained checkpoint on your own images; run a preset.
 
     bestie predict IMAGE_OR_FOLDER... --checkpoint data/models/bestie.pt --out predictions/
+    bestie preset voc_paper [DVC_EXP_RUN_ARGS...]    # dvc exp run -S ... from presets/voc_paper.yaml
 
 Expected failures (a missing or corrupt checkpoint, a checkpoint of another model or class
 set, an unreadable image, an ``--out`` that holds anything but an earlier result) print one
@@ -10,6 +11,8 @@ line ``error: ...`` and exit with status 1. Every input is checked before the mo
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,11 @@ from tqdm import tqdm
 from bestie import __version__
 from bestie.coco import masks_to_results
 from bestie.config import InferenceParams, parse_section, to_dict
-from bestie.data.voc import read_class_names
+from bestie.data.sources.voc import read_class_names
 from bestie.errors import BestieError
 from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, recorded_settings, settings_from_params
 from bestie.io import atomic_dir, read_image, write_json
+from bestie.presets import exp_run_command, load_preset, preset_path
 from bestie.runtime import select_device
 from bestie.visualize import overlay_instances
 
@@ -134,6 +138,14 @@ def predict_command(args: argparse.Namespace) -> None:
     )
 
 
+def preset_command(args: argparse.Namespace) -> None:
+    overlay, _ = load_preset(preset_path(args.name))  # checked before DVC starts
+    command = exp_run_command(overlay, args.dvc_args)
+    print(shlex.join(command), flush=True)
+    if not args.dry_run:
+        sys.exit(subprocess.run(command).returncode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bestie",
@@ -165,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--min-size", type=int, metavar="PX", help="smallest segmentation component kept")
     predict.add_argument("--classes", help="classes.txt the checkpoint must have been trained on")
     predict.set_defaults(run=predict_command)
+    preset = commands.add_parser(
+        "preset", help="run a published configuration as a DVC experiment",
+        description="Check presets/NAME.yaml (or a preset file) on top of params.yaml, then run "
+        "`dvc exp run -S key=value ...` with its values, followed by any further dvc exp run "
+        "arguments (--temp, -n NAME, more -S, which win over the preset's).",
+    )
+    preset.add_argument("--dry-run", action="store_true", help="print the dvc command, do not run it")
+    preset.add_argument("name", metavar="NAME", help="voc_paper, coco_paper, ... or a path to a preset file")
+    preset.add_argument("dvc_args", nargs=argparse.REMAINDER, metavar="DVC_EXP_RUN_ARGS")
+    preset.set_defaults(run=preset_command)
     return parser
 
 

@@ -2,7 +2,9 @@
 
 Every RLE this module writes is *compressed* with ``counts`` as a ``str``, so it is JSON
 serialisable as is; every reader accepts str or bytes counts, uncompressed RLE (list counts)
-and polygons. COCO ``category_id`` = class index + 1 (class indices are 0-based).
+and polygons. Class indices are 0-based; a file's ``category_id`` of class c is
+``category_ids[c]``, the dataset's own ids in ascending order (class + 1 when none are given,
+as for VOC), so files written for a COCO dataset score against its own annotation files.
 
 The loaders validate what the evaluators and pycocotools rely on, so a malformed file fails
 with one ``BestieError`` naming the file and the entry instead of a KeyError deep inside
@@ -15,8 +17,12 @@ import contextlib
 import io
 import math
 import os
+import shutil
+import tempfile
+import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from numbers import Real
 from typing import Any
 
@@ -26,7 +32,7 @@ from pycocotools.coco import COCO
 
 from bestie.structures import GroundTruth
 from bestie.errors import BestieError
-from bestie.io import read_json
+from bestie.io import atomic_file, read_json
 
 __all__ = [
     "encode_masks",
@@ -39,11 +45,13 @@ __all__ = [
     "masks_to_results",
     "coco_categories",
     "build_coco",
+    "CocoWriter",
     "load_coco_gt",
     "load_results",
 ]
 
 _RESULT_KEYS = ("image_id", "category_id", "segmentation", "score")
+_INFO = {"description": "bestie instance annotations"}
 
 
 # --------------------------------------------------------------------------- encoding
@@ -147,21 +155,39 @@ def annotation_masks(annotations: Sequence[dict], height: int, width: int) -> np
     return masks
 
 
-def ground_truth_by_image(coco: dict) -> dict[int, GroundTruth]:
+class _GroundTruthByImage(Mapping):
+    """Image id -> :class:`GroundTruth`, decoded when asked for: a split's masks never all at once."""
+
+    def __init__(self, coco: dict) -> None:
+        self._images = {image["id"]: image for image in coco["images"]}
+        self._annotations: dict[int, list[dict]] = {image_id: [] for image_id in self._images}
+        for annotation in coco["annotations"]:
+            if not annotation.get("iscrowd", 0):
+                self._annotations[annotation["image_id"]].append(annotation)
+        category_ids = sorted(category["id"] for category in coco["categories"])
+        self._class_of = {category_id: c for c, category_id in enumerate(category_ids)}
+
+    def __getitem__(self, image_id: int) -> GroundTruth:
+        image, annotations = self._images[image_id], self._annotations[image_id]
+        return GroundTruth(
+            masks=annotation_masks(annotations, image["height"], image["width"]),
+            classes=np.array([self._class_of[a["category_id"]] for a in annotations], dtype=np.int64),
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._images)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+
+def ground_truth_by_image(coco: dict) -> Mapping[int, GroundTruth]:
     """A COCO instances dict -> image id -> its instances (masks [N, H, W], 0-based classes [N]).
 
-    Every image of ``coco["images"]`` is a key, with its annotations in file order.
+    Every image of ``coco["images"]`` is a key, with its non-crowd annotations in file order;
+    class c is the c-th smallest category id. Masks are decoded on access, one image at a time.
     """
-    annotations: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
-    for annotation in coco["annotations"]:
-        annotations[annotation["image_id"]].append(annotation)
-    return {
-        image["id"]: GroundTruth(
-            masks=annotation_masks(annotations[image["id"]], image["height"], image["width"]),
-            classes=np.array([a["category_id"] - 1 for a in annotations[image["id"]]], dtype=np.int64),
-        )
-        for image in coco["images"]
-    }
+    return _GroundTruthByImage(coco)
 
 
 # --------------------------------------------------------------------------- writing
@@ -191,15 +217,19 @@ def masks_to_annotations(
     scores: np.ndarray | None,
     image_id: int,
     start_id: int = 1,
+    category_ids: Sequence[int] | None = None,
+    iscrowd: int = 0,
 ) -> list[dict]:
     """Instances of one image -> COCO annotations (empty masks are skipped).
 
     Args:
         masks: bool [N, H, W]. classes: int [N], 0-based. scores: float [N] or None.
         start_id: ``id`` of the first kept annotation; ids are consecutive.
+        category_ids: class index -> ``category_id``; None: class + 1.
+        iscrowd: 1 for crowd regions (pycocotools ignores what matches them).
     Returns:
-        dicts with ``id``, ``image_id``, ``category_id`` (class + 1), ``segmentation``
-        (RLE, str counts), ``area`` (int), ``bbox`` [x, y, w, h], ``iscrowd`` 0, and
+        dicts with ``id``, ``image_id``, ``category_id``, ``segmentation``
+        (RLE, str counts), ``area`` (int), ``bbox`` [x, y, w, h], ``iscrowd``, and
         ``score`` when scores are given.
     """
     masks, classes, scores = _instance_arrays(masks, classes, scores)
@@ -212,11 +242,11 @@ def masks_to_annotations(
         annotation = {
             "id": int(start_id + k),
             "image_id": int(image_id),
-            "category_id": int(classes[i]) + 1,
+            "category_id": int(classes[i]) + 1 if category_ids is None else int(category_ids[classes[i]]),
             "segmentation": rle,
             "area": int(areas[k]),
             "bbox": [float(v) for v in boxes[k]],
-            "iscrowd": 0,
+            "iscrowd": iscrowd,
         }
         if scores is not None:
             annotation["score"] = float(scores[i])
@@ -224,34 +254,84 @@ def masks_to_annotations(
     return annotations
 
 
-def masks_to_results(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray, image_id: int) -> list[dict]:
+def masks_to_results(
+    masks: np.ndarray, classes: np.ndarray, scores: np.ndarray, image_id: int,
+    category_ids: Sequence[int] | None = None,
+) -> list[dict]:
     """Instances of one image -> COCO *result* entries (empty masks are skipped).
 
-    Entries hold ``image_id``, ``category_id`` (class + 1), ``segmentation`` (RLE, str
-    counts) and ``score``. No ``bbox``: pycocotools' loadRes would then take the box area
-    as the mask area.
+    Entries hold ``image_id``, ``category_id`` (``category_ids[class]``; None: class + 1),
+    ``segmentation`` (RLE, str counts) and ``score``. No ``bbox``: pycocotools' loadRes would
+    then take the box area as the mask area.
     """
     if scores is None:
         raise ValueError("results need scores")
     return [
         {key: annotation[key] for key in _RESULT_KEYS}
-        for annotation in masks_to_annotations(masks, classes, scores, image_id)
+        for annotation in masks_to_annotations(masks, classes, scores, image_id, category_ids=category_ids)
     ]
 
 
-def coco_categories(class_names: Sequence[str]) -> list[dict]:
-    """Class names (index = class) -> COCO categories with ``id`` = class + 1."""
-    return [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(class_names)]
+def coco_categories(class_names: Sequence[str], category_ids: Sequence[int] | None = None) -> list[dict]:
+    """Class names (index = class) -> COCO categories with ``id`` = ``category_ids[class]``
+    (None: class + 1)."""
+    ids = range(1, len(class_names) + 1) if category_ids is None else category_ids
+    if len(ids) != len(class_names):
+        raise ValueError(f"{len(class_names)} class names but {len(ids)} category ids")
+    return [{"id": int(i), "name": name, "supercategory": "object"} for i, name in zip(ids, class_names)]
 
 
-def build_coco(images: list[dict], annotations: list[dict], class_names: Sequence[str]) -> dict:
+def build_coco(
+    images: list[dict], annotations: list[dict], class_names: Sequence[str],
+    category_ids: Sequence[int] | None = None,
+) -> dict:
     """A complete COCO instances dict; ``images`` carry ``id``, ``file_name``, ``height``, ``width``."""
     return {
-        "info": {"description": "bestie instance annotations"},
+        "info": dict(_INFO),
         "images": list(images),
         "annotations": list(annotations),
-        "categories": coco_categories(class_names),
+        "categories": coco_categories(class_names, category_ids),
     }
+
+
+class CocoWriter:
+    """Writes a COCO instances file image by image, holding no annotation in memory.
+
+    Annotations go to an anonymous temporary file as they come; closing writes the file at
+    ``path`` atomically, byte for byte what ``write_json(path, build_coco(...), indent=None)``
+    writes. Used as a context manager, nothing reaches ``path`` when the block raises.
+    """
+
+    def __init__(self, path: str | os.PathLike, class_names: Sequence[str],
+                 category_ids: Sequence[int] | None = None) -> None:
+        self.path = Path(path)
+        self.categories = coco_categories(class_names, category_ids)
+        self.images: list[dict] = []
+        self.num_annotations = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._annotations = tempfile.TemporaryFile("w+", dir=self.path.parent)  # never a result
+
+    def add(self, image: dict, annotations: list[dict]) -> None:
+        """One image entry and its annotations (ids already assigned)."""
+        self.images.append(image)
+        for annotation in annotations:
+            self._annotations.write(", " if self.num_annotations else "")
+            json.dump(annotation, self._annotations)
+            self.num_annotations += 1
+
+    def __enter__(self) -> CocoWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if kind is None:
+                self._annotations.seek(0)
+                with atomic_file(self.path) as out:
+                    out.write(f'{{"info": {json.dumps(_INFO)}, "images": {json.dumps(self.images)}, "annotations": [')
+                    shutil.copyfileobj(self._annotations, out)
+                    out.write(f'], "categories": {json.dumps(self.categories)}}}\n')
+        finally:
+            self._annotations.close()
 
 
 # --------------------------------------------------------------------------- loading

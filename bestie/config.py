@@ -5,10 +5,8 @@ and turned into frozen dataclasses that library code receives as explicit argume
 Every stage loads the whole file, so one bad value stops ``dvc repro`` at its first stage
 with a one-line message naming the key.
 
-A field's limits live in its metadata: ``min``/``max`` (inclusive), ``choices`` and
-``parity`` (``"odd"``, e.g. a centred window's width, or ``"even"``) bound a value, or each
-item of a list; ``nonempty`` refuses an empty string or list. What relates two fields is checked in the
-dataclass's ``__post_init__``. A model's choices are its registry's names
+A field's limits live in its metadata (:mod:`bestie.schema`: ``min``, ``max``, ``choices``,
+``parity``, ``nonempty``); what relates two fields is checked in the dataclass's ``__post_init__``. A model's choices are its registry's names
 (:data:`~bestie.models.backbones.BACKBONES`), so a new backbone is valid as soon as it is
 registered.
 """
@@ -16,42 +14,58 @@ registered.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bestie.errors import BestieError
 from bestie.models.backbones import BACKBONES
+from bestie.schema import build, check_value, field_with_limits as _f, read_yaml_file
 
-__all__ = ["Params", "load_params", "parse_params", "parse_section", "SUPERVISIONS"]
+__all__ = ["Params", "load_params", "read_params_file", "parse_params", "parse_section", "SUPERVISIONS", "DATA_FORMATS"]
 
 SUPERVISIONS = ("cls", "point", "full")
+INPUT_SOURCES = ("compute", "read")  # a stage's output computed, or read from precomputed files
+DATA_FORMATS = ("voc", "coco")
 MAX_SEED = 2**32 - 1  # the usual seed range (torch.manual_seed fails beyond 64 bits)
-_PARITY = {"even": 0, "odd": 1}
 
 
-def _f(default: Any, **limits: Any) -> Any:
-    """A dataclass field with validation limits (``min``, ``max``, ``choices``, ``parity``, ``nonempty``)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=limits)
-    return field(default=default, metadata=limits)
+@dataclass(frozen=True)
+class CocoFilesParams:
+    """Where a COCO-format root keeps its files (``data.format: coco``), relative to ``data.root``.
+
+    The defaults are the COCO 2017 layout. A points file is optional (format: README
+    "Datasets"); without one, each instance gets one interior point.
+    """
+
+    train_annotations: str = _f("annotations/instances_train2017.json", nonempty=True)
+    val_annotations: str = _f("annotations/instances_val2017.json", nonempty=True)
+    train_images: str = _f("train2017", nonempty=True)
+    val_images: str = _f("val2017", nonempty=True)
+    train_points: str | None = _f(None)
+    val_points: str | None = _f(None)
 
 
 @dataclass(frozen=True)
 class DataParams:
+    """The input dataset; ``prepare`` is the only stage that reads its format."""
+
+    # bestie.data.sources.SOURCES (a test keeps the two equal; config imports no reader)
+    format: str = _f("voc", choices=DATA_FORMATS)
     root: str = _f("data/synthetic", nonempty=True)
-    train_split: str = _f("train", nonempty=True)  # ImageSets/Segmentation/<name>.txt, e.g. train_aug
+    train_split: str = _f("train", nonempty=True)  # voc: ImageSets/Segmentation/<name>.txt, e.g. train_aug
     val_split: str = _f("val", nonempty=True)
+    coco: CocoFilesParams = field(default_factory=CocoFilesParams)
 
 
 @dataclass(frozen=True)
 class SynthesizeParams:
     """The embedded synthetic VOC2012-format dataset."""
 
+    # bestie.data.synthetic.STYLES (it imports this module; a test keeps the two equal).
+    # heldout: other shapes, textures, sizes, clutter; never tune defaults on it
+    style: str = _f("embedded", choices=("embedded", "heldout"))
     num_train: int = _f(400, min=1)
     num_val: int = _f(100, min=1)
     num_classes: int = _f(6, min=1, max=6)
@@ -64,6 +78,7 @@ class SynthesizeParams:
     hue_spread: float = _f(0.25, min=0.0, max=1.0)  # width of a class's hue family (1: any hue)
     void_width: int = _f(1, min=0, max=5)  # px of 255 band on instance borders
     seed: int = _f(0, min=0, max=MAX_SEED)
+    coco: bool = _f(False)  # also write the COCO 2017 layout of the same data (for data.format: coco)
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,7 @@ class ClassifierParams:
 
     backbone: str = _f("small", choices=tuple(BACKBONES))  # vgg16: the published layout
     width: int = _f(16, min=8, parity="even")  # small backbone only: channels of its first stage
-    pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
+    pretrained: bool = _f(False)  # ImageNet weights through torchvision or timm (needs internet)
     # PAM threshold; 0 gives a plain CAM classifier. The published 0.7 suits ImageNet-initialised
     # VGG-16; from scratch, PAM's sparse gradients halve "one peak per instance" (README).
     alpha: float = _f(0.0, min=0.0, max=1.0)
@@ -108,6 +123,9 @@ class PeaksParams:
     score_thresh: float = _f(0.1, min=0.0, max=1.0)
     pseudo_thresh: float = _f(0.3, min=0.0, max=1.0)  # only peaks above it are used downstream (published 0.7)
     batch_size: int = _f(16, min=1)  # images of different sizes are padded to the largest
+    # compute: from the classifier (cls) or the given points (point, full); read: ID.txt files
+    source: str = _f("compute", choices=INPUT_SOURCES)
+    points_dir: str = _f("Peak_points", nonempty=True)  # source read: absolute, or under data.root
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,11 @@ class WSSSParams:
     iterations: int = _f(30, min=0)
     min_confidence: float = _f(0.5, min=0.0, max=1.0)  # less confident pixels become 255 (ignore)
     gallery: int = _f(6, min=0)  # training images drawn in the gallery
+    source: str = _f("compute", choices=INPUT_SOURCES)  # read: any WSSS method's maps, ID.png
+    maps_dir: str = _f("WSSS_maps", nonempty=True)  # source read: absolute, or under data.root
+    # The seed's second step: a segmentation network trained on these maps predicts the maps
+    # used downstream (the wsss_network section). false: the maps pass through unchanged.
+    network: bool = _f(False)
 
 
 @dataclass(frozen=True)
@@ -136,7 +159,40 @@ class PseudoLabelParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
+class LoopCadenceParams:
+    """How often an iteration-trained model logs and saves its resumable state (train, maskrcnn)."""
+
+    checkpoint_every: int = _f(500, min=1)
+    log_every: int = _f(20, min=1)
+    resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
+
+
+@dataclass(frozen=True)
+class WSSSNetworkParams(LoopCadenceParams):
+    """The segmentation network (DeepLab-style) trained on the wsss maps, when ``wsss.network`` is on."""
+
+    backbone: str = _f("small", choices=tuple(BACKBONES))
+    pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
+    iterations: int = _f(1000, min=1)
+    batch_size: int = _f(8, min=1)
+    crop_size: int = _f(128, min=16)
+    scale_min: float = _f(0.7, min=0.1)
+    scale_max: float = _f(1.3, min=0.1)
+    optimizer: str = _f("adam", choices=("adam", "adamw", "sgd"))  # sgd: momentum 0.9
+    lr: float = _f(1e-3, min=0.0)
+    weight_decay: float = _f(1e-4, min=0.0)
+    warmup_iters: int = _f(50, min=0)
+    poly_power: float = _f(0.9, min=0.0)
+    bn_momentum: float = _f(0.01, min=0.0, max=1.0)
+    hard_pixel_ratio: float = _f(1.0, min=0.0, max=1.0)  # share of the hardest pixels the loss keeps (1: all)
+    flip: bool = _f(True)  # predict: average the image's and its mirror image's probabilities
+    min_confidence: float = _f(0.0, min=0.0, max=1.0)  # predict: less confident pixels become 255
+    amp: bool = _f(True)  # only takes effect on CUDA
+    workers: int = _f(0, min=0)
+
+
+@dataclass(frozen=True)
+class TrainParams(LoopCadenceParams):
     """The BESTIE network and its training with self-refinement (docs/method.md §4-§6)."""
 
     backbone: str = _f("small", choices=tuple(BACKBONES))
@@ -165,10 +221,8 @@ class TrainParams:
     refine_nms_kernel: int = _f(41, min=1, parity="odd")
     refine_max_instances: int = _f(5, min=1)
     amp: bool = _f(True)  # only takes effect on CUDA
+    channels_last: bool = _f(True)  # NHWC memory format for cuDNN's fast convolutions; only on CUDA
     workers: int = _f(2, min=0)
-    checkpoint_every: int = _f(500, min=1)
-    log_every: int = _f(20, min=1)
-    resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
 
 
 @dataclass(frozen=True)
@@ -220,7 +274,7 @@ class ExportCocoParams:
 
 
 @dataclass(frozen=True)
-class MaskRCNNParams:
+class MaskRCNNParams(LoopCadenceParams):
     """torchvision's Mask R-CNN trained on the exported pseudo labels (docs/method.md §8)."""
 
     # bestie.maskrcnn.MASKRCNN_BACKBONES (it imports this module; a test keeps the two equal)
@@ -241,9 +295,6 @@ class MaskRCNNParams:
     detections_per_image: int = _f(50, min=1)
     mask_thresh: float = _f(0.5, min=0.0, max=1.0)  # soft mask -> binary mask
     workers: int = _f(0, min=0)
-    checkpoint_every: int = _f(500, min=1)
-    log_every: int = _f(20, min=1)
-    resume: bool = _f(True)  # continue an interrupted run from its last state checkpoint
 
 
 @dataclass(frozen=True)
@@ -255,6 +306,7 @@ class Params:
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     peaks: PeaksParams = field(default_factory=PeaksParams)
     wsss: WSSSParams = field(default_factory=WSSSParams)
+    wsss_network: WSSSNetworkParams = field(default_factory=WSSSNetworkParams)
     pseudo_labels: PseudoLabelParams = field(default_factory=PseudoLabelParams)
     train: TrainParams = field(default_factory=TrainParams)
     inference: InferenceParams = field(default_factory=InferenceParams)
@@ -274,7 +326,7 @@ class Params:
                 "params: synthesize.max_classes_per_image "
                 f"({s.max_classes_per_image}) exceeds synthesize.num_classes ({s.num_classes})"
             )
-        for name in ("classifier", "train"):
+        for name in ("classifier", "wsss_network", "train"):
             section = getattr(self, name)
             if section.scale_min > section.scale_max:
                 raise BestieError(
@@ -283,72 +335,13 @@ class Params:
                 )
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_value(value: Any, tp: Any, key: str, limits: dict) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise BestieError(f"params: {key} must be a mapping, got {value!r}")
-        return _build(tp, value, key)
-    if origin in (list, tuple):
-        (item_tp, *_) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise BestieError(f"params: {key} must be a list, got {value!r}")
-        items = [_check_value(v, item_tp, f"{key}[{i}]", limits) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        (tp,) = [o for o in options if o is not type(None)]
-    # bool is an int in Python; a YAML `yes` must not pass as a count, nor 1 as a flag.
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-        raise BestieError(
-            f"params: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-        )
-    if "choices" in limits and value not in limits["choices"]:
-        choices = " | ".join(map(str, limits["choices"]))
-        raise BestieError(f"params: {key} must be one of {choices}, got {value!r}")
-    if "min" in limits and value < limits["min"]:
-        raise BestieError(f"params: {key} must be >= {limits['min']}, got {value!r}")
-    if "max" in limits and value > limits["max"]:
-        raise BestieError(f"params: {key} must be <= {limits['max']}, got {value!r}")
-    if "parity" in limits and value % 2 != _PARITY[limits["parity"]]:
-        raise BestieError(f"params: {key} must be {limits['parity']}, got {value!r}")
-    return value
-
-
-def _build(cls: type, raw: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise BestieError(
-            f"params: unknown key {where}{unknown[0]} (known: {', '.join(sorted(fields))})"
-        )
-    kwargs = {}
-    for name, value in raw.items():
-        key = f"{prefix}.{name}" if prefix else name
-        limits = dict(fields[name].metadata)
-        kwargs[name] = _check_value(value, hints[name], key, limits)
-        if limits.get("nonempty") and not kwargs[name]:  # the field as a whole, not its items
-            raise BestieError(f"params: {key} must not be empty")
-    return cls(**kwargs)
-
-
 def parse_params(raw: dict | None) -> Params:
     """Validate a params mapping (as read from YAML) into :class:`Params`."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise BestieError("params: the top level must be a mapping")
-    return _build(Params, raw)
+    return build(Params, raw)
 
 
 def parse_section(name: str, raw: Any) -> Any:
@@ -356,22 +349,19 @@ def parse_section(name: str, raw: Any) -> Any:
     hints = typing.get_type_hints(Params)
     if name not in hints:
         raise KeyError(name)
-    return _check_value(raw, hints[name], name, {})
+    return check_value(raw, hints[name], name, {})
+
+
+def read_params_file(path: str | Path) -> Any:
+    """The YAML of a params file, unvalidated; a missing file or bad YAML is one-line :class:`BestieError`."""
+    if not Path(path).is_file():
+        raise BestieError(f"{path}: params file not found")
+    return read_yaml_file(path)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; raise :class:`BestieError` naming any bad key."""
-    path = Path(path)
-    if not path.is_file():
-        raise BestieError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:  # its text spans several lines: keep the problem and where
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise BestieError(f"{path}: not valid YAML ({problem}{where})") from None
-    return parse_params(raw)
+    return parse_params(read_params_file(path))
 
 
 def to_dict(obj: Any) -> dict:

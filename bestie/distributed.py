@@ -1,13 +1,21 @@
-"""Multi-process training through ``torchrun``: gloo on the CPU, nccl on CUDA.
+"""Multi-process training and inference through ``torchrun``: gloo on the CPU, nccl on CUDA.
 
 A plain ``python`` start is a world of one and touches no process group, so the same code
 runs on a laptop, one GPU, or ``torchrun --nproc_per_node=4``.
+
+Inference over a list of images shards it: each process takes its contiguous part
+(:func:`shard`), and :func:`gather_shards` concatenates the parts' results on the main
+process in rank order, which is the list's order: the merged result is the one process's.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -15,7 +23,11 @@ import torch.distributed as dist
 from bestie.errors import BestieError
 from bestie.runtime import select_device
 
-__all__ = ["DistContext", "init_distributed", "all_reduce_mean", "shutdown_distributed"]
+__all__ = [
+    "DistContext", "init_distributed", "distributed", "all_reduce_mean", "shard", "gather_shards", "shutdown_distributed",
+]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,37 @@ def all_reduce_mean(value: torch.Tensor, context: DistContext) -> torch.Tensor:
     return value / context.world_size
 
 
+def shard(items: Sequence[T], context: DistContext | None) -> Sequence[T]:
+    """This process's contiguous part of ``items`` (all of them for ``context`` None: one
+    process); the parts' sizes differ by at most one."""
+    if context is None:
+        return items
+    count = len(items)
+    return items[count * context.rank // context.world_size : count * (context.rank + 1) // context.world_size]
+
+
+def gather_shards(part: list[T], context: DistContext | None) -> list[T] | None:
+    """Every process's ``part`` concatenated in rank order, on the main process; None on the others.
+
+    ``part`` must pickle (``torch.distributed.gather_object``); every process must call this.
+    """
+    if context is None or not context.distributed:
+        return list(part)
+    parts = [None] * context.world_size if context.is_main else None
+    dist.gather_object(part, parts, dst=0)
+    return [item for p in parts for item in p] if context.is_main else None
+
+
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(device: str = "auto") -> Iterator[DistContext]:
+    """:func:`init_distributed` for the ``with`` block; the process group is left at its end."""
+    context = init_distributed(device)
+    try:
+        yield context
+    finally:
+        shutdown_distributed()

@@ -10,13 +10,17 @@ Every function is pure and follows its input's device.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["neighbour_offsets", "shifted_views", "texture_guide", "pamr", "dense_crf", "refine_scores"]
+__all__ = [
+    "neighbour_offsets", "shifted_views", "neighbour_index", "texture_guide", "mean_pool", "pamr_affinity", "pamr",
+    "dense_crf", "refine_scores",
+]
 
 
 def neighbour_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
@@ -60,10 +64,142 @@ def texture_guide(image: Tensor, window: int = 5) -> Tensor:
         raise ValueError(f"window must be an odd size >= 1, got {window}")
     if window == 1:
         return image
-    padded = F.pad(image[None].float(), (window // 2,) * 4, mode="replicate")
-    mean = F.avg_pool2d(padded, window, stride=1)[0]
-    second = F.avg_pool2d(padded * padded, window, stride=1)[0]
-    return torch.cat([image, mean, (second - mean * mean).clamp(min=0).sqrt()])
+    image = image.float()
+    moments = _box_mean(torch.cat([image, image * image]), window)
+    mean, second = moments.chunk(2)
+    return torch.cat([image, mean, (second - mean * mean).clamp_(min=0).sqrt_()])
+
+
+def _box_mean(x: Tensor, window: int) -> Tensor:
+    """Mean over the ``window`` x ``window`` box around each pixel of ``[C, H, W]``, the border
+    replicated: separable sums, 2 (window - 1) additions a pixel instead of window²."""
+    padded = F.pad(x[None], (window // 2,) * 4, mode="replicate")[0]
+    height, width = x.shape[-2:]
+    across = padded[..., :width].clone()
+    for dx in range(1, window):
+        across += padded[..., dx : dx + width]
+    total = across[:, :height].clone()
+    for dy in range(1, window):
+        total += across[:, dy : dy + height]
+    return total.div_(window * window)
+
+
+def mean_pool(x: Tensor, stride: int) -> Tensor:
+    """``[C, H, W]`` averaged over ``stride`` x ``stride`` blocks, a partial block at the
+    bottom or right over the pixels it holds: ``F.avg_pool2d(x, stride, ceil_mode=True)``
+    as sums of every stride-th row, then of every stride-th column.
+
+    Returns:
+        ``[C, ceil(H / stride), ceil(W / stride)]``.
+    """
+    _, height, width = x.shape
+    rows = x[:, ::stride].clone()
+    for dy in range(1, stride):
+        part = x[:, dy::stride]
+        rows[:, : part.shape[1]] += part
+    total = rows[..., ::stride].clone()
+    for dx in range(1, stride):
+        part = rows[..., dx::stride]
+        total[..., : part.shape[2]] += part
+    count_rows = (height - stride * torch.arange(total.shape[1], device=x.device)).clamp_(max=stride)
+    count_cols = (width - stride * torch.arange(total.shape[2], device=x.device)).clamp_(max=stride)
+    return total.div_(count_rows[:, None] * count_cols)
+
+
+def neighbour_index(
+    height: int, width: int, offsets: Sequence[tuple[int, int]], device: torch.device | None = None
+) -> Tensor:
+    """Flat index of each pixel's neighbours, the border replicated (as :func:`shifted_views`).
+
+    Returns:
+        ``[H * W, P]`` int32: ``index[y * W + x, p] = clamp(y + dy_p) * W + clamp(x + dx_p)``.
+    """
+    shift = torch.tensor(offsets, dtype=torch.int32, device=device)
+    rows = (torch.arange(height, dtype=torch.int32, device=device)[:, None] + shift[:, 0]).clamp_(0, height - 1)
+    cols = (torch.arange(width, dtype=torch.int32, device=device)[:, None] + shift[:, 1]).clamp_(0, width - 1)
+    return (rows.mul_(width)[:, None, :] + cols[None, :, :]).view(height * width, len(offsets))
+
+
+def _window_spread(padded: Tensor, reach: int, dilations: Sequence[int]) -> Tensor:
+    """Unbiased standard deviation of each channel over a pixel and its :func:`neighbour_offsets`.
+
+    A 3 x 3 sum a dilation, separable: 4 additions a dilation instead of 8 shifted views.
+
+    Args:
+        padded: ``[2F, H + 2 reach, W + 2 reach]``: the channels, then their squares, border
+            replicated by ``reach >= max(dilations)``.
+    Returns:
+        ``[F, H, W]``.
+    """
+    channels = len(padded) // 2
+    height, width = padded.shape[1] - 2 * reach, padded.shape[2] - 2 * reach
+    # Each 3 x 3 sum counts the pixel itself once.
+    total = padded[:, reach : reach + height, reach : reach + width] * (1 - len(dilations))
+    buffer = padded.new_empty(2 * channels * (height + 2 * reach) * width)
+    for d in dilations:
+        rows = padded[:, reach - d : reach + height + d]
+        across = buffer[: 2 * channels * (height + 2 * d) * width].view(2 * channels, height + 2 * d, width)
+        torch.add(rows[..., reach - d : reach - d + width], rows[..., reach : reach + width], out=across)
+        across += rows[..., reach + d : reach + d + width]
+        total += across[:, :height]
+        total += across[:, d : d + height]
+        total += across[:, 2 * d : 2 * d + height]
+    count = 8 * len(dilations) + 1
+    total /= count
+    mean, second = total[:channels], total[channels:]
+    return (second - mean * mean).clamp_(min=0).mul_(count / (count - 1)).sqrt_()
+
+
+def pamr_affinity(guide: Tensor, dilations: Sequence[int], temperature: float = 0.1) -> Tensor:
+    """The weights of :func:`pamr`: each pixel's softmax over its neighbours (see there).
+
+    ``|g_i - g_j|`` is symmetric, so the differences of offset o also give those of -o,
+    shifted by o: half the offsets are differenced.
+
+    Args:
+        guide: ``[F, H, W]`` float.
+    Returns:
+        ``[H * W, P]`` float32, rows summing to 1, neighbours in :func:`neighbour_offsets` order.
+    """
+    guide = guide.float()
+    channels, height, width = guide.shape
+    offsets = neighbour_offsets(dilations)
+    reach = max(dilations)
+    padded = F.pad(torch.cat([guide, guide * guide])[None], (reach,) * 4, mode="replicate")[0]
+    spread = _window_spread(padded, reach, dilations)
+    neg_scale = spread.mul_(temperature).add_(1e-8).mul_(-channels).reciprocal_()  # also averages over F
+    padded = padded[:channels]
+    logits = guide.new_empty(len(offsets), height, width)
+    slots = {}
+    for p, offset in enumerate(offsets):
+        slots.setdefault(offset, []).append(p)
+    diff_buffer = torch.empty(channels * (height + reach) * (width + reach), device=guide.device)
+    for (dy, dx), slot in slots.items():
+        if (-dy, -dx) in slots and (dy, dx) < (-dy, -dx):
+            continue  # differenced with its opposite
+        # diff[j] = |g(j + o) - g(j)| over the image and the image shifted by -o.
+        top, left = reach + min(0, -dy), reach + min(0, -dx)
+        rows, cols = height + abs(dy), width + abs(dx)
+        diff = diff_buffer[: channels * rows * cols].view(channels, rows, cols)
+        torch.sub(
+            padded[:, top + dy : top + dy + rows, left + dx : left + dx + cols],
+            padded[:, top : top + rows, left : left + cols], out=diff,
+        ).abs_()
+        y0, x0 = reach - top, reach - left  # where the image starts inside diff
+        targets = [(slot, y0, x0)]
+        if (-dy, -dx) in slots:
+            targets.append((slots[(-dy, -dx)], y0 - dy, x0 - dx))  # |g(i - o) - g(i)| = diff[i - o]
+        for target, y, x in targets:
+            out = logits[target[0]]
+            torch.mul(diff[0, y : y + height, x : x + width], neg_scale[0], out=out)
+            for f in range(1, channels):
+                out.addcmul_(diff[f, y : y + height, x : x + width], neg_scale[f])
+            for p in target[1:]:
+                logits[p] = out
+    flat = logits.view(len(offsets), -1)
+    flat.sub_(flat.amax(dim=0)).exp_()
+    flat.div_(flat.sum(dim=0))
+    return flat.t().contiguous()
 
 
 def pamr(
@@ -84,27 +220,33 @@ def pamr(
     weights adapt to the local contrast: scores spread within regions and stop at edges.
     The weights are invariant to a per-channel affine change of the guide.
 
+    The weights are computed once (:func:`pamr_affinity`) and held as one sparse
+    ``[H * W, H * W]`` matrix, so an iteration is one sparse-dense product on channels-last
+    scores: the scores are read once an iteration, not once a neighbour.
+
     Args:
         guide: ``[F, H, W]`` float, e.g. colours or :func:`texture_guide`.
         scores: ``[K + 1, H, W]``.
     Returns:
-        ``[K + 1, H, W]`` refined scores (a pixel's total is a weighted average of totals).
+        ``[K + 1, H, W]`` float32 refined scores (a pixel's total is a weighted average of totals).
     """
+    channels, height, width = scores.shape
     offsets = neighbour_offsets(dilations)
-    guide = guide.float()
-    views = shifted_views(guide, offsets)
-    count = len(views) + 1
-    mean = (sum(views) + guide) / count
-    second = (sum(v * v for v in views) + guide * guide) / count
-    spread = (second - mean * mean).clamp(min=0).mul(count / (count - 1)).sqrt()
-    scale = 1.0 / (len(guide) * (temperature * spread + 1e-8))  # also averages over channels
-    weights = torch.stack([-((v - guide).abs() * scale).sum(dim=0) for v in views]).softmax(dim=0)
+    weights = pamr_affinity(guide, dilations, temperature)
+    index = neighbour_index(height, width, offsets, scores.device)
+    row_starts = torch.arange(0, index.numel() + 1, len(offsets), dtype=torch.int32, device=scores.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        warnings.filterwarnings("ignore", "Sparse invariant checks", UserWarning)
+        averaging = torch.sparse_csr_tensor(row_starts, index.view(-1), weights.view(-1), (height * width,) * 2)
+    # Channels-last rows padded to a multiple of 8 floats, which the product vectorises fully.
+    flat = scores.new_zeros(height * width, -(-channels // 8) * 8, dtype=torch.float32)
+    flat[:, :channels] = scores.reshape(channels, -1).t()
+    spare = torch.empty_like(flat)
     for _ in range(iterations):
-        refined = torch.zeros_like(scores)
-        for view, weight in zip(shifted_views(scores, offsets), weights):
-            refined.addcmul_(view, weight)
-        scores = refined
-    return scores
+        torch.addmm(spare, averaging, flat, beta=0, out=spare)  # beta 0: spare's old values are not read
+        flat, spare = spare, flat
+    return flat[:, :channels].t().contiguous().view(channels, height, width)
 
 
 def dense_crf(
@@ -179,8 +321,7 @@ def refine_scores(
     guide = texture_guide(image, texture_window)
     height, width = scores.shape[-2:]
     if stride > 1:
-        guide = F.avg_pool2d(guide[None], stride, ceil_mode=True)[0]
-        scores = F.avg_pool2d(scores[None], stride, ceil_mode=True)[0]
+        guide, scores = mean_pool(guide, stride), mean_pool(scores, stride)
     if method == "pamr":
         refined = pamr(guide, scores, dilations, iterations)
         probs = refined / refined.sum(dim=0, keepdim=True).clamp(min=1e-8)

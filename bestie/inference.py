@@ -11,7 +11,7 @@ checkpoint's digest), so ``bestie predict`` can predict exactly as the evaluatio
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn
 
 from bestie.checkpoint import load_checkpoint, load_weights
 from bestie.config import InferenceParams, parse_section, to_dict
+from bestie.data.manifest import ImageRecord
 from bestie.data.transforms import normalize
 from bestie.edge_refine import refine_scores
 from bestie.errors import BestieError
@@ -30,7 +31,7 @@ from bestie.structures import Instances
 
 __all__ = [
     "SETTINGS_FILE", "InferenceSettings", "settings_from_params", "load_bestie", "refine_segmentation",
-    "network_outputs", "predict_instances", "settings_record", "recorded_settings",
+    "network_outputs", "predict_instances", "record_predictor", "settings_record", "recorded_settings",
 ]
 
 SETTINGS_FILE = "inference.json"  # beside the evaluate stage's predictions
@@ -100,7 +101,7 @@ def refine_segmentation(
         image, seg_logits.float().softmax(dim=0), method="pamr", texture_window=texture_window,
         stride=stride, dilations=dilations, iterations=iterations,
     )
-    return probs.clamp(min=1e-8).log()
+    return probs.clamp_(min=1e-8).log_()
 
 
 def _padded_input(image: np.ndarray, multiple: int = 8) -> torch.Tensor:
@@ -165,6 +166,18 @@ def predict_instances(
         seg, center, offset, image_size=(height, width), min_size=settings.min_size,
         center_threshold=settings.center_thresh, nms_kernel=settings.nms_kernel, points=guide,
     )
+
+
+def record_predictor(
+    model: nn.Module, device: torch.device, settings: InferenceSettings, point_guided: bool
+) -> Callable[[np.ndarray, ImageRecord], Instances]:
+    """``(image, record) -> Instances`` by :func:`predict_instances`; with ``point_guided``, the
+    record's given points guide the grouping."""
+
+    def predict(image: np.ndarray, record: ImageRecord) -> Instances:
+        return predict_instances(model, image, device, settings, points=record.points if point_guided else None)
+
+    return predict
 
 
 def settings_record(options: InferenceParams, checkpoint_path: str | os.PathLike) -> dict:

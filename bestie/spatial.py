@@ -102,14 +102,16 @@ def class_components(
     # A class with fewer than min_size pixels cannot hold a component: skip its labelling
     # (noisy predictions scatter a few pixels of many classes).
     candidates = set((np.flatnonzero(label_size >= min_size) - 1).tolist())
+    # Each class is labelled inside its bounding box (the same components, numbered alike).
+    boxes = ndimage.find_objects(semantic_map)
     next_id = 1
     for cls in sorted({int(c) for c in classes}):
         if cls < 0:
             raise ValueError(f"classes: class indices must be >= 0, got {cls}")
-        if cls not in candidates:
+        box = boxes[cls] if cls < len(boxes) else None
+        if cls not in candidates or box is None:
             continue
-        mask = semantic_map == cls + 1
-        labels, count = ndimage.label(mask, structure=structure)
+        labels, count = ndimage.label(semantic_map[box] == cls + 1, structure=structure)
         large = np.bincount(labels.ravel(), minlength=count + 1) >= min_size
         large[0] = False
         num_large = int(large.sum())
@@ -117,7 +119,7 @@ def class_components(
             continue
         new_id = np.zeros(count + 1, dtype=np.int32)
         new_id[large] = np.arange(next_id, next_id + num_large, dtype=np.int32)
-        component_map[mask] = new_id[labels[mask]]
+        component_map[box] += new_id[labels]  # labels are 0 off the class, and classes do not overlap
         component_class.append(np.full(num_large, cls, dtype=np.int64))
         next_id += num_large
     classes_out = np.concatenate(component_class) if component_class else np.zeros(0, np.int64)

@@ -17,17 +17,21 @@ if TYPE_CHECKING:  # the stage scripts make the parser: parsing stays at the edg
 __all__ = ["add_arguments", "run_stage"]
 
 DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+_HELP = {
+    "device": DEVICE_HELP,
+    # not a DVC output, so an interrupted run keeps its state there
+    "state_dir": "resumable training state, kept until the run finishes",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser, **defaults: str) -> None:
     """Add a flag ``--NAME`` (``_`` spelled ``-``) with its default for each keyword.
 
     The defaults are the paths ``dvc.yaml`` passes, so a stage run by hand without flags
-    reads and writes where the pipeline does; ``device`` is ``auto | cpu | cuda | cuda:N``.
+    reads and writes where the pipeline does; ``device`` and ``state_dir`` get a help text.
     """
     for name, default in defaults.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", default=default,
-                            help=DEVICE_HELP if name == "device" else None)
+        parser.add_argument(f"--{name.replace('_', '-')}", default=default, help=_HELP.get(name))
 
 
 def run_stage(main: Callable[[Params], None], params_path: str | Path = "params.yaml") -> None:

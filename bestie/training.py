@@ -37,7 +37,7 @@ from bestie.runtime import autocast
 
 __all__ = [
     "IterationBatches", "iteration_batches", "epoch_batches", "poly_lr", "step_lr", "build_optimizer",
-    "TrainState", "load_train_state", "state_saver", "LoopSettings", "train",
+    "TrainState", "load_train_state", "state_saver", "device_layout", "LoopSettings", "train",
 ]
 
 
@@ -191,6 +191,20 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def device_layout(model: nn.Module, context: DistContext, channels_last: bool) -> nn.Module:
+    """``model`` laid out for ``context``'s device: BatchNorm synchronised across processes when
+    distributed on CUDA (statistics of the global batch, as published; SyncBatchNorm has no CPU
+    implementation), and channels-last (NHWC) weights on CUDA when asked, which every
+    convolution then follows. Parameters stay the same objects, so an optimizer built on them
+    still holds them. Only modules change: no GPU is needed to build this layout.
+    """
+    if context.distributed and context.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if channels_last and context.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 @dataclass(frozen=True)
 class LoopSettings:
     """How :func:`train` runs, apart from what it trains."""
@@ -200,6 +214,7 @@ class LoopSettings:
     checkpoint_every: int
     seed: int | None = None  # reseed the global generator every iteration from (seed, t, rank); None: don't
     amp: bool = False  # float16 autocast of the forward and a gradient scaler (CUDA only)
+    channels_last: bool = False  # NHWC weights, so cuDNN picks its tensor-core convolutions (CUDA only)
     lr_key: str | None = None  # a non-finite loss is an error naming this param; None: no check
     name: str = "train"  # of the progress bar
 
@@ -221,7 +236,8 @@ def train(
     Args:
         model: on ``context.device``; ``forward(batch, iteration)`` returns ``{"loss": ...,
             **scalars}``. Tensors are logged as their mean over processes, plain numbers (a
-            timing) as they are. Distributed, it is wrapped in DDP here (BatchNorm synchronised on CUDA).
+            timing) as they are. Laid out for the device here (:func:`device_layout`), and
+            wrapped in DDP when distributed.
         batches: ``(iteration, batch)`` from ``state.iteration`` on, drawn lazily (after the
             state is restored); the batch is moved to the device here.
         optimizer: over ``model``'s parameters; each group's lr at iteration t is
@@ -236,9 +252,8 @@ def train(
     device = context.device
     state = state or TrainState()
     use_amp = settings.amp and device.type == "cuda"
+    model = device_layout(model, context, settings.channels_last)
     if context.distributed:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )

@@ -83,10 +83,10 @@ def confident_labels(probs: Tensor, classes: Tensor, min_confidence: float) -> T
 
 @dataclass(frozen=True)
 class WSSSMaps:
-    """One image's WSSS maps."""
+    """One image's WSSS maps; maps read from files (``wsss.source: read``) have ``refined`` only."""
 
-    cams: Tensor  # [K, H, W] float32 in [0, 1], the image's classes in label order
-    raw: Tensor  # [H, W] uint8: the CAM threshold map (no refinement, no ignore)
+    cams: Tensor | None  # [K, H, W] float32 in [0, 1], the image's classes in label order
+    raw: Tensor | None  # [H, W] uint8: the CAM threshold map (no refinement, no ignore)
     refined: Tensor  # [H, W] uint8: the refined map, 255 where unsure
 
 

@@ -6,29 +6,20 @@ params, inputs and code are the same; the final model is written atomically at t
 
 import argparse
 import time
-from functools import partial
 from pathlib import Path
 
 from bestie.checkpoint import save_checkpoint
-from bestie.classification import (
-    ClassifierLoss,
-    build_classifier,
-    classifier_param_groups,
-    epoch_loss,
-    predict_logits,
-    shuffled_loader,
-)
+from bestie.classification import build_classifier, epoch_loss, fit_classifier, predict_logits
 from bestie.config import Params, to_dict
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
 from bestie.distributed import DistContext
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.metrics.classification import classification_metrics
 from bestie.io import write_metrics
 from bestie.runtime import seed_everything, select_device
 from bestie.stage import add_arguments, run_stage
-from bestie.training import LoopSettings, build_optimizer, epoch_batches, load_train_state, state_saver, step_lr, train
+from bestie.training import load_train_state, state_saver
 
 # `classifier` params that do not change the trained weights: changing them still resumes.
 NOT_IN_FINGERPRINT = ("workers",)
@@ -42,17 +33,14 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
     common = dict(num_classes=manifest.num_classes, crop_size=cfg.crop_size, seed=params.seed)
     train_set = ClassificationDataset(
-        VOCDataset(params.data.root, params.data.train_split), manifest.train,
-        scale_range=(cfg.scale_min, cfg.scale_max), train=True, **common,
+        manifest.train, scale_range=(cfg.scale_min, cfg.scale_max), train=True, **common
     )
-    val_set = ClassificationDataset(
-        VOCDataset(params.data.root, params.data.val_split), manifest.val, train=False, **common
-    )
+    val_set = ClassificationDataset(manifest.val, train=False, **common)
     model = build_classifier(manifest.num_classes, cfg.backbone, cfg.width, cfg.alpha, cfg.pretrained).to(device)
     config = to_dict(cfg)
 
     fingerprint = run_fingerprint(
-        {**config, "seed": params.seed, "images": params.data.root}, [Path(args.manifest)],
+        {**config, "seed": params.seed}, [Path(args.manifest)],  # the manifest names the images
         stage_code_files(Path(__file__)), ignore=NOT_IN_FINGERPRINT,
     )
     # Resumed at epoch boundaries only, where the shuffling generator's state is saved.
@@ -63,18 +51,11 @@ def main(params: Params, args: argparse.Namespace) -> None:
     state = load_train_state(run, model)
 
     start = time.perf_counter()
-    loader = shuffled_loader(train_set, cfg.batch_size, cfg.workers, params.seed, device)
-    steps = len(loader)  # an epoch
-    history = train(
-        ClassifierLoss(model),
-        epoch_batches(loader, cfg.epochs, state.iteration // steps),
-        build_optimizer(cfg.optimizer, classifier_param_groups(model, cfg.lr, cfg.pretrained), cfg.lr,
-                        cfg.weight_decay),
-        partial(step_lr, milestones=[epoch * steps for epoch in cfg.lr_steps]),
-        LoopSettings(cfg.epochs * steps, log_every=1, checkpoint_every=steps, name="classifier"),
-        DistContext(0, 1, device), state=state,
+    history, steps = fit_classifier(
+        model, train_set, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, lr_steps=cfg.lr_steps,
+        optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, pretrained=cfg.pretrained, seed=params.seed,
+        workers=cfg.workers, context=DistContext(0, 1, device), state=state,
         save_state=state_saver(run.path, model, kind="pam", config=config, class_names=manifest.class_names),
-        shuffle=loader.generator,
     )
     logits, targets = predict_logits(model, val_set, device)  # after the last epoch: no model selection
     results = {**classification_metrics(logits, targets),
@@ -97,7 +78,7 @@ if __name__ == "__main__":
         manifest="data/prepared/manifest.json",
         out="data/models/pam.pt",
         metrics="metrics/classifier.json",
-        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        state_dir="data/train_state",
         device="auto",
     )
     args = parser.parse_args()

@@ -2,39 +2,42 @@
 
 The predictions follow the `inference` params; the settings are recorded beside them
 (`inference.json`, with the checkpoint's digest), where `bestie predict` finds them.
+Runs as one process or several (`torchrun --nproc_per_node=N stages/evaluate.py`): each
+predicts its part of the images, the main process merges them and writes every output.
 """
 
 import argparse
 from pathlib import Path
 
+from bestie.coco import ground_truth_by_image
 from bestie.config import Params
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
+from bestie.distributed import distributed
 from bestie.evaluate_split import predict_split, write_evaluation
-from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, settings_from_params, settings_record
-from bestie.runtime import select_device
+from bestie.inference import SETTINGS_FILE, load_bestie, record_predictor, settings_from_params, settings_record
+from bestie.io import read_json
 from bestie.stage import add_arguments, run_stage
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
-    device = select_device(args.device)
-    model, _ = load_bestie(args.model, device, class_names=manifest.class_names)
-    options = params.inference
-    point_guided = params.supervision == "point" and params.evaluate.point_guided
+    with distributed(args.device) as context:
+        model, _ = load_bestie(args.model, context.device, class_names=manifest.class_names)
+        options = params.inference
+        predict = record_predictor(
+            model, context.device, settings_from_params(options),
+            point_guided=params.supervision == "point" and params.evaluate.point_guided,
+        )
 
-    def predict(image, record):
-        points = record.points if point_guided else None
-        return predict_instances(model, image, device, settings_from_params(options), points=points)
-
-    predictions = predict_split(
-        predict, VOCDataset(params.data.root, params.data.val_split), manifest.val, manifest.class_names,
-        gallery_size=params.evaluate.gallery,
-    )
-    write_evaluation(
-        predictions, args.val_gt, out_dir=args.out, metrics_path=args.metrics, gallery_dir=args.gallery,
-        records={SETTINGS_FILE: settings_record(options, args.model)},
-    )
+        predictions = predict_split(
+            predict, manifest.val, manifest.class_names, manifest.category_ids,
+            ground_truth_by_image(read_json(args.val_gt)), gallery_size=params.evaluate.gallery, context=context,
+        )
+        if context.is_main:
+            write_evaluation(
+                predictions, args.val_gt, out_dir=args.out, metrics_path=args.metrics, gallery_dir=args.gallery,
+                records={SETTINGS_FILE: settings_record(options, args.model)},
+            )
 
 
 if __name__ == "__main__":

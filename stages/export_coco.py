@@ -6,52 +6,44 @@ below `export_coco.score_thresh` are dropped. With point supervision and
 `export_coco.point_guided`, the training points guide the grouping (one instance a point).
 The pseudo labels' quality against the training masks (where the dataset has them) goes to
 the metrics file, as a diagnostic only: nothing downstream trains on those masks.
+Runs as one process or several (`torchrun --nproc_per_node=N stages/export_coco.py`): each
+predicts its part of the images, the main process merges them and writes every output.
 """
 
 import argparse
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from bestie.coco import build_coco, masks_to_annotations
 from bestie.config import Params
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
-from bestie.inference import load_bestie, predict_instances, settings_from_params
+from bestie.distributed import distributed
+from bestie.evaluate_split import predict_coco
+from bestie.inference import load_bestie, record_predictor, settings_from_params
 from bestie.io import read_json, write_json, write_metrics
 from bestie.metrics.instances import exported_label_metrics
-from bestie.runtime import select_device
 from bestie.stage import add_arguments, run_stage
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
-    device = select_device(args.device)
-    model, _ = load_bestie(args.model, device, class_names=manifest.class_names)
-    voc = VOCDataset(params.data.root, params.data.train_split)
-    options = params.export_coco
-    point_guided = params.supervision == "point" and options.point_guided
-    images, annotations = [], []
-    for record in tqdm(manifest.train, desc="export_coco", disable=None):
-        instances = predict_instances(
-            model, voc.read_image(record.name), device, settings_from_params(params.inference),
-            points=record.points if point_guided else None,
+    with distributed(args.device) as context:
+        model, _ = load_bestie(args.model, context.device, class_names=manifest.class_names)
+        options = params.export_coco
+        predict = record_predictor(
+            model, context.device, settings_from_params(params.inference),
+            point_guided=params.supervision == "point" and options.point_guided,
         )
-        keep = np.flatnonzero(instances.scores >= options.score_thresh)
-        images.append({"id": record.image_id, "file_name": record.file_name,
-                       "width": record.width, "height": record.height})
-        annotations += masks_to_annotations(
-            instances.masks[keep], instances.classes[keep], instances.scores[keep],
-            image_id=record.image_id, start_id=len(annotations) + 1,
+
+        coco = predict_coco(
+            predict, manifest.train, manifest.class_names, manifest.category_ids, options.score_thresh,
+            context=context,
         )
-    coco = build_coco(images, annotations, manifest.class_names)
-    coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}
-    write_json(args.out, coco, indent=None)
-    stats = exported_label_metrics(coco, read_json(args.train_gt))
-    write_metrics(args.metrics, stats)
-    print(f"export_coco: {stats['instances']} instances on {stats['images_with_instances']} of "
-          f"{stats['images']} training images")
+        if context.is_main:
+            coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}
+            write_json(args.out, coco, indent=None)
+            stats = exported_label_metrics(coco, read_json(args.train_gt))
+            write_metrics(args.metrics, stats)
+            print(f"export_coco: {stats['instances']} instances on {stats['images_with_instances']} of "
+                  f"{stats['images']} training images")
 
 
 if __name__ == "__main__":

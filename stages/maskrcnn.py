@@ -10,13 +10,13 @@ from pathlib import Path
 
 from bestie.checkpoint import save_checkpoint
 from bestie.config import Params, to_dict
+from bestie.coco import ground_truth_by_image
 from bestie.data.coco_dataset import CocoInstances, collate_detection
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
 from bestie.distributed import DistContext
 from bestie.evaluate_split import predict_split, write_evaluation
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
-from bestie.io import write_tsv
+from bestie.io import read_json, write_tsv
 from bestie.maskrcnn import LOSS_NAMES, MaskRCNNLosses, build_maskrcnn, predict_maskrcnn
 from bestie.runtime import seed_everything, select_device
 from bestie.stage import add_arguments, run_stage
@@ -36,12 +36,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
     device = select_device(args.device)
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
     options = params.maskrcnn
-    dataset = CocoInstances(args.annotations, Path(params.data.root) / "JPEGImages", flip=options.flip)
+    dataset = CocoInstances(args.annotations, manifest.image_paths("train"), flip=options.flip)
     model = build_maskrcnn(manifest.num_classes, options).to(device)
     config = {**to_dict(options), "supervision": params.supervision, "seed": params.seed}
 
     fingerprint = run_fingerprint(
-        {**config, "images": params.data.root}, [Path(args.annotations)], stage_code_files(Path(__file__)),
+        config, [Path(args.annotations), Path(args.prepared) / "manifest.json"], stage_code_files(Path(__file__)),
         ignore=NOT_IN_FINGERPRINT,
     )
     run = find_run_state(
@@ -70,7 +70,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     model.eval()
     predictions = predict_split(
         lambda image, record: predict_maskrcnn(model, image, device, options.mask_thresh),
-        VOCDataset(params.data.root, params.data.val_split), manifest.val, manifest.class_names,
+        manifest.val, manifest.class_names, manifest.category_ids, ground_truth_by_image(read_json(args.val_gt)),
         gallery_size=params.evaluate.gallery, desc="maskrcnn val",
     )
     write_evaluation(predictions, args.val_gt, out_dir=args.eval_out, metrics_path=args.metrics,
@@ -90,7 +90,7 @@ if __name__ == "__main__":
         eval_out="data/eval/maskrcnn",
         metrics="metrics/maskrcnn.json",
         gallery="metrics/gallery/maskrcnn",
-        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        state_dir="data/train_state",
         device="auto",
     )
     args = parser.parse_args()

@@ -2,6 +2,8 @@
 
 ``supervision: cls``: the peaks of the PAM classifier's class maps (the image's own classes).
 ``supervision: point`` / ``full``: the dataset's given points, score 1.0.
+``peaks.source: read``: any method's peaks from ``peaks.points_dir/ID.txt`` ("x y class_index
+score" a line), checked against the image sizes and the classes, whatever the supervision.
 """
 
 import argparse
@@ -16,7 +18,7 @@ from bestie.coco import ground_truth_by_image
 from bestie.config import Params
 from bestie.data.datasets import ClassificationDataset
 from bestie.data.manifest import ImageRecord, Manifest, load_manifest
-from bestie.data.voc import VOCDataset
+from bestie.data.precomputed import input_dir, read_point_file
 from bestie.errors import BestieError
 from bestie.io import atomic_dir, read_json, write_metrics
 from bestie.metrics.peaks import peak_statistics
@@ -41,10 +43,7 @@ def given_points(records: list[ImageRecord], manifest_path: str) -> list[np.ndar
 def classifier_peaks(params: Params, manifest: Manifest, model_path: str, device_name: str) -> list[np.ndarray]:
     checkpoint = load_checkpoint(model_path, kind="pam", class_names=manifest.class_names)
     model = classifier_from_checkpoint(checkpoint, source=model_path)
-    images = ClassificationDataset(
-        VOCDataset(params.data.root, params.data.train_split), manifest.train,
-        manifest.num_classes, train=False,
-    )
+    images = ClassificationDataset(manifest.train, manifest.num_classes, train=False)
     cfg = params.peaks
     start = time.perf_counter()
     peaks = predict_peaks(
@@ -58,10 +57,20 @@ def classifier_peaks(params: Params, manifest: Manifest, model_path: str, device
     return peaks
 
 
+def read_peaks_dir(params: Params, manifest: Manifest) -> list[np.ndarray]:
+    points_dir = input_dir(params.peaks.points_dir, params.data.root, "peaks.points_dir")
+    return [
+        read_point_file(points_dir / f"{r.name}.txt", manifest.num_classes, (r.height, r.width))
+        for r in manifest.train
+    ]
+
+
 def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(args.manifest)
     records = list(manifest.train)
-    if params.supervision == "cls":
+    if params.peaks.source == "read":
+        peaks = read_peaks_dir(params, manifest)
+    elif params.supervision == "cls":
         peaks = classifier_peaks(params, manifest, args.model, args.device)
     else:
         peaks = given_points(records, args.manifest)

@@ -12,11 +12,11 @@ import numpy as np
 from tqdm import tqdm
 
 from bestie.config import Params
-from bestie.data.manifest import load_manifest
+from bestie.coco import ground_truth_by_image
+from bestie.data.manifest import class_map_path, load_manifest, object_map_path
 from bestie.data.png import read_label_png
-from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
-from bestie.io import atomic_dir, write_metrics
+from bestie.io import atomic_dir, read_json, write_metrics
 from bestie.metrics.instances import transfer_metrics
 from bestie.peaks import read_peaks
 from bestie.pseudo_labels import save_pseudo_labels
@@ -28,23 +28,24 @@ NO_PEAKS = np.zeros((0, 4), dtype=np.float32)
 
 def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
-    voc = VOCDataset(params.data.root, params.data.train_split)
+    train_gt = ground_truth_by_image(read_json(Path(args.prepared) / "train_gt.json"))
     peaks = read_peaks(args.peaks)
     options = params.pseudo_labels
     results, ground_truth = {}, {}
     for record in tqdm(manifest.train, desc="pseudo labels", disable=None):
         if record.has_masks:
-            ground_truth[record.name] = voc.ground_truth(record.name)
+            ground_truth[record.name] = train_gt[record.image_id]
         if params.supervision == "full":
             if not record.has_masks:
                 raise BestieError(f"supervision full: training image {record.name} has no masks")
             results[record.name] = instances_from_ground_truth(
-                voc.read_object_map(record.name), voc.read_class_map(record.name)
+                read_label_png(object_map_path(args.prepared, "train", record.name)),
+                read_label_png(class_map_path(args.prepared, "train", record.name)),
             )
             continue
         path = Path(args.wsss) / f"{record.name}.png"
         if not path.is_file():
-            raise BestieError(f"{path}: WSSS map not found; re-run the wsss stage")
+            raise BestieError(f"{path}: WSSS map not found; re-run the wsss and wsss_network stages")
         table = peaks.get(record.name, NO_PEAKS)  # images without peaks are not in the table
         points, classes = filter_points(
             table[:, :2], table[:, 2].astype(int), table[:, 3], params.peaks.pseudo_thresh
@@ -61,7 +62,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, prepared="data/prepared", wsss="data/wsss", peaks="data/peaks/peaks.tsv",
+    add_arguments(parser, prepared="data/prepared", wsss="data/wsss_network", peaks="data/peaks/peaks.tsv",
                   out="data/pseudo_labels", metrics="metrics/pseudo_labels.json")
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

@@ -14,8 +14,7 @@ from bestie.checkpoint import save_checkpoint
 from bestie.config import Params, to_dict
 from bestie.data.instance_dataset import BestieTrainDataset, collate_samples
 from bestie.data.manifest import load_manifest
-from bestie.data.voc import VOCDataset
-from bestie.distributed import init_distributed, shutdown_distributed
+from bestie.distributed import distributed
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import write_tsv
 from bestie.losses import BestieCriterion, BestieTraining
@@ -32,14 +31,12 @@ NOT_IN_FINGERPRINT = ("resume", "workers", "log_every", "checkpoint_every")
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    context = init_distributed(args.device)
-    try:
+    with distributed(args.device) as context:
         seed_everything(params.seed)
         manifest = load_manifest(Path(args.prepared) / "manifest.json")
         train = params.train
-        voc = VOCDataset(params.data.root, params.data.train_split)
         dataset = BestieTrainDataset(
-            voc, manifest.train, params.supervision, manifest.num_classes, args.wsss, args.pseudo_labels,
+            manifest.train, params.supervision, manifest.num_classes, args.wsss, args.pseudo_labels, args.prepared,
             crop_size=train.crop_size, scale_range=(train.scale_min, train.scale_max), sigma=train.sigma,
             dense_center_loss=train.dense_center_loss, min_size=params.pseudo_labels.min_size,
         )
@@ -50,8 +47,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
         config = {**to_dict(train), "supervision": params.supervision, "seed": params.seed}
 
         fingerprint = run_fingerprint(
-            {**config, "images": params.data.root, "pseudo_label_min_size": params.pseudo_labels.min_size},
-            [Path(args.wsss), Path(args.pseudo_labels)], stage_code_files(Path(__file__)),
+            {**config, "pseudo_label_min_size": params.pseudo_labels.min_size},
+            [Path(args.wsss), Path(args.pseudo_labels), Path(args.prepared) / "manifest.json"],
+            stage_code_files(Path(__file__)),
             ignore=NOT_IN_FINGERPRINT,
         )
         run = find_run_state(
@@ -75,7 +73,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
                               train.iterations, params.seed, context, train.workers),
             build_optimizer("adam", model.parameters(), train.lr, train.weight_decay),
             partial(poly_lr, total=train.iterations, warmup=train.warmup_iters, power=train.poly_power),
-            LoopSettings(train.iterations, train.log_every, train.checkpoint_every, seed=params.seed, amp=train.amp),
+            LoopSettings(train.iterations, train.log_every, train.checkpoint_every, seed=params.seed, amp=train.amp,
+                         channels_last=train.channels_last),
             context, state=state,
             save_state=state_saver(run.path, model, kind="bestie", config=config, class_names=manifest.class_names),
         )
@@ -85,8 +84,6 @@ def main(params: Params, args: argparse.Namespace) -> None:
             )
             write_tsv(args.log, LOG_COLUMNS, history)
             run.path.unlink(missing_ok=True)
-    finally:
-        shutdown_distributed()
 
 
 if __name__ == "__main__":
@@ -94,11 +91,11 @@ if __name__ == "__main__":
     add_arguments(
         parser,
         prepared="data/prepared",
-        wsss="data/wsss",
+        wsss="data/wsss_network",
         pseudo_labels="data/pseudo_labels",
         out="data/models/bestie.pt",
         log="metrics/train/log.tsv",
-        state_dir="data/train_state",  # resumable checkpoints; not a DVC output, so an interrupted run keeps them
+        state_dir="data/train_state",
         device="auto",
     )
     args = parser.parse_args()

@@ -3,10 +3,14 @@
 Class activation maps of the classifier stage's network, restricted to each image's classes
 and refined to follow image edges, written as VOC palette PNGs (0 background, c+1 class c,
 255 ignore). Where the training split has masks, the maps are scored against them.
+With `wsss.source: read` the maps of any WSSS method are read from `wsss.maps_dir` (ID.png,
+the same format, checked against the image sizes and the classes) instead, and written and
+scored the same way.
 """
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,26 +20,43 @@ from tqdm import tqdm
 from bestie.checkpoint import load_checkpoint
 from bestie.classification import classifier_from_checkpoint
 from bestie.config import Params
-from bestie.data.manifest import load_manifest
-from bestie.data.png import write_label_png
+from bestie.data.manifest import Manifest, class_map_path, load_manifest
+from bestie.data.png import read_label_png, write_label_png
+from bestie.data.precomputed import input_dir, read_label_map
 from bestie.data.transforms import normalize
-from bestie.data.voc import VOCDataset
-from bestie.io import atomic_dir, write_metrics
+from bestie.io import atomic_dir, read_image, write_metrics
 from bestie.metrics.segmentation import wsss_confusions, wsss_metrics
 from bestie.runtime import select_device
 from bestie.stage import add_arguments, run_stage
 from bestie.visualize import cam_overlay, colorize_labels, panels
-from bestie.wsss import semantic_pseudo_labels
+from bestie.wsss import WSSSMaps, semantic_pseudo_labels
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def label_maps(params: Params, args: argparse.Namespace, manifest: Manifest) -> Callable:
+    """``record -> WSSSMaps``: computed from the classifier's CAMs, or read (``wsss.source``)."""
     cfg = params.wsss
-    manifest = load_manifest(args.manifest)
+    if cfg.source == "read":
+        maps_dir = input_dir(cfg.maps_dir, params.data.root, "wsss.maps_dir")
+        return lambda record: WSSSMaps(None, None, torch.from_numpy(read_label_map(
+            maps_dir / f"{record.name}.png", manifest.num_classes, (record.height, record.width))))
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.model, kind="pam", class_names=manifest.class_names)
     # The class maps without (or with less) peak suppression than the classifier trained with.
     model = classifier_from_checkpoint(checkpoint, source=args.model, alpha=cfg.alpha).to(device)
-    voc = VOCDataset(params.data.root, params.data.train_split)
+    print(f"wsss: on {device}")
+    return lambda record: semantic_pseudo_labels(
+        model, normalize(read_image(record.path)).to(device),
+        torch.tensor(record.labels, dtype=torch.int64, device=device), scales=cfg.scales, flip=cfg.flip,
+        bg_threshold=cfg.bg_threshold, method=cfg.refine, texture_window=cfg.texture_window,
+        stride=cfg.refine_stride, dilations=cfg.dilations, iterations=cfg.iterations,
+        min_confidence=cfg.min_confidence,
+    )
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    cfg = params.wsss
+    manifest = load_manifest(Path(args.prepared) / "manifest.json")
+    maps_of = label_maps(params, args, manifest)
 
     num_labels = manifest.num_classes + 1
     confusions = torch.zeros(3, num_labels, num_labels, dtype=torch.int64)
@@ -44,46 +65,45 @@ def main(params: Params, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     with atomic_dir(args.out, replace=True) as out_dir:
         for record in tqdm(manifest.train, desc="wsss", unit="image", disable=None):
-            image = voc.read_image(record.name)
-            classes = torch.tensor(record.labels, dtype=torch.int64, device=device)
-            maps = semantic_pseudo_labels(
-                model, normalize(image).to(device), classes, scales=cfg.scales, flip=cfg.flip,
-                bg_threshold=cfg.bg_threshold, method=cfg.refine, texture_window=cfg.texture_window,
-                stride=cfg.refine_stride, dilations=cfg.dilations, iterations=cfg.iterations,
-                min_confidence=cfg.min_confidence,
-            )
+            maps = maps_of(record)
             refined = maps.refined.cpu()
             write_label_png(Path(out_dir) / f"{record.name}.png", refined.numpy())
             ignored += int((refined == 255).sum())
             total += refined.numel()
             if not record.has_masks:
                 continue
-            truth = torch.from_numpy(voc.read_class_map(record.name))
-            raw = maps.raw.cpu()
+            truth = torch.from_numpy(read_label_png(class_map_path(args.prepared, "train", record.name)))
+            raw = None if maps.raw is None else maps.raw.cpu()
             confusions += wsss_confusions(raw, refined, truth, num_labels)
             evaluated += 1
             if len(gallery) < cfg.gallery:
-                gallery[record.name] = panels(
-                    [image, cam_overlay(image, maps.cams.cpu().numpy(), record.labels),
-                     colorize_labels(raw.numpy()), colorize_labels(refined.numpy()),
-                     colorize_labels(truth.numpy())],
-                    ["image", "CAM", "CAM threshold", "refined", "ground truth"],
-                )
+                image = read_image(record.path)
+                pictures = [image, colorize_labels(refined.numpy()), colorize_labels(truth.numpy())]
+                titles = ["image", "refined" if raw is not None else cfg.maps_dir, "ground truth"]
+                if raw is not None:
+                    pictures[1:1] = [cam_overlay(image, maps.cams.cpu().numpy(), record.labels),
+                                     colorize_labels(raw.numpy())]
+                    titles[1:1] = ["CAM", "CAM threshold"]
+                gallery[record.name] = panels(pictures, titles)
     seconds = time.perf_counter() - start
     with atomic_dir(args.gallery, replace=True) as gallery_dir:
         for name, picture in gallery.items():
             Image.fromarray(picture).save(Path(gallery_dir) / f"{name}.png")
 
-    metrics = wsss_metrics(confusions, manifest.class_names, len(manifest.train), evaluated, ignored, total)
+    metrics = wsss_metrics(
+        confusions, manifest.class_names, len(manifest.train), evaluated, ignored, total,
+        raw_cam=cfg.source == "compute",
+    )
     write_metrics(args.metrics, metrics)
-    summary = f"mIoU {metrics.get('miou')} (raw CAM {metrics.get('miou_raw_cam')})"
-    print(f"wsss: {len(manifest.train)} images in {seconds:.1f} s on {device}; {summary}, "
+    raw_cam = f" (raw CAM {metrics['miou_raw_cam']})" if "miou_raw_cam" in metrics else ""
+    summary = f"mIoU {metrics.get('miou')}{raw_cam}"
+    print(f"wsss: {len(manifest.train)} images ({cfg.source}) in {seconds:.1f} s; {summary}, "
           f"ignore {100 * metrics['ignore_share']:.1f}% of pixels")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, manifest="data/prepared/manifest.json", model="data/models/pam.pt", out="data/wsss",
+    add_arguments(parser, prepared="data/prepared", model="data/models/pam.pt", out="data/wsss",
                   metrics="metrics/wsss.json", gallery="metrics/gallery/wsss", device="auto")
     args = parser.parse_args()
     run_stage(lambda params: main(params, args))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from bestie.presets import merge_params
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,16 +32,7 @@ def run_stage(stage: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def write_params(path: Path, overrides: dict) -> None:
     """Write the repo's params.yaml with nested ``overrides`` merged in."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-
-    def merge(base: dict, extra: dict) -> None:
-        for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-
-    merge(params, overrides)
+    params = merge_params(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -2,24 +2,21 @@ from __future__ import annotations
 
 import copy
 import math
-from functools import partial
 
 import torch
 
 from bestie.checkpoint import load_checkpoint, save_checkpoint
 from bestie.classification import (
-    ClassifierLoss,
     build_classifier,
     classifier_from_checkpoint,
-    classifier_param_groups,
     epoch_loss,
+    fit_classifier,
     predict_logits,
-    shuffled_loader,
 )
 from bestie.config import ClassifierParams, to_dict
 from bestie.distributed import DistContext
 from bestie.metrics.classification import classification_metrics
-from bestie.training import LoopSettings, TrainState, build_optimizer, epoch_batches, step_lr, train
+from bestie.training import TrainState
 
 CPU = torch.device("cpu")
 
@@ -45,20 +42,13 @@ class TinySet(torch.utils.data.Dataset):
 
 def train_tiny(model, params: ClassifierParams, train_set, *, seed: int = 0, state: TrainState | None = None,
                save_state=None) -> tuple[list[dict], int]:
-    """Classifier training, built as stages/classifier.py builds it: the log and the steps of an epoch."""
-    state = state or TrainState()
-    loader = shuffled_loader(train_set, params.batch_size, params.workers, seed, CPU)
-    steps = len(loader)
-    history = train(
-        ClassifierLoss(model),
-        epoch_batches(loader, params.epochs, state.iteration // steps),
-        build_optimizer(params.optimizer, classifier_param_groups(model, params.lr, params.pretrained), params.lr,
-                        params.weight_decay),
-        partial(step_lr, milestones=[epoch * steps for epoch in params.lr_steps]),
-        LoopSettings(params.epochs * steps, log_every=1, checkpoint_every=steps, name="classifier"),
-        DistContext(0, 1, CPU), state=state, save_state=save_state, shuffle=loader.generator,
+    """Classifier training as stages/classifier.py runs it: the log and the steps of an epoch."""
+    return fit_classifier(
+        model, train_set, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+        lr_steps=params.lr_steps, optimizer=params.optimizer, weight_decay=params.weight_decay,
+        pretrained=params.pretrained, seed=seed, workers=params.workers, context=DistContext(0, 1, CPU),
+        state=state, save_state=save_state,
     )
-    return history, steps
 
 
 def test_training_runs_and_reports(tmp_path):

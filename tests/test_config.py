@@ -63,6 +63,9 @@ def test_ints_widen_to_floats() -> None:
         ({"data": {"root": ""}}, "data.root must not be empty"),
         ({"data": {"train_split": ""}}, "data.train_split must not be empty"),
         ({"data": {"val_split": ""}}, "data.val_split must not be empty"),
+        ({"data": {"format": "yolo"}}, "data.format must be one of voc | coco, got 'yolo'"),
+        ({"data": {"coco": {"train_images": ""}}}, "data.coco.train_images must not be empty"),
+        ({"data": {"coco": {"val_points": 3}}}, "data.coco.val_points must be str, got 3"),
         # The rest of the limits, one case each.
         ({"peaks": {"smooth_kernel": 2}}, "peaks.smooth_kernel must be odd, got 2"),
         ({"peaks": {"nms_kernel": 14}}, "peaks.nms_kernel must be odd, got 14"),
@@ -75,6 +78,15 @@ def test_ints_widen_to_floats() -> None:
         ({"seed": MAX_SEED + 1}, f"seed must be <= {MAX_SEED}, got {MAX_SEED + 1}"),
         ({"synthesize": {"seed": -1}}, "synthesize.seed must be >= 0, got -1"),
         ({"maskrcnn": {"min_size": ["800"]}}, "maskrcnn.min_size[0] must be int, got '800'"),
+        ({"wsss": {"network": "yes"}}, "wsss.network must be bool, got 'yes'"),
+        ({"wsss": {"network": 1}}, "wsss.network must be bool, got 1"),
+        ({"wsss_network": {"iterations": 0}}, "wsss_network.iterations must be >= 1, got 0"),
+        ({"wsss_network": {"optimizer": "lbfgs"}}, "wsss_network.optimizer must be one of adam | adamw | sgd"),
+        ({"wsss_network": {"min_confidence": 1.5}}, "wsss_network.min_confidence must be <= 1.0, got 1.5"),
+        ({"wsss_network": {"scale_min": 1.5, "scale_max": 1.2}},
+         "wsss_network.scale_min (1.5) must not exceed wsss_network.scale_max (1.2)"),
+        ({"wsss_network": {"epochs": 3}}, "unknown key wsss_network.epochs"),
+        ({"synthesize": {"style": "photo"}}, "synthesize.style must be one of embedded | heldout, got 'photo'"),
     ],
 )
 def test_bad_values_name_their_key(raw: dict, message: str) -> None:
@@ -82,18 +94,26 @@ def test_bad_values_name_their_key(raw: dict, message: str) -> None:
         parse_params(raw)
 
 
-@pytest.mark.parametrize("section", ["classifier", "train"])
+@pytest.mark.parametrize("section", ["classifier", "wsss_network", "train"])
 def test_backbone_choices_are_the_registry(section: str) -> None:
     for name in BACKBONES:
         assert getattr(parse_params({section: {"backbone": name}}), section).backbone == name
     with pytest.raises(BestieError, match=re.escape(f"{section}.backbone must be one of small | resnet50 | "
-                                                    "resnet101 | vgg16, got 'hrnet'")):
+                                                    "resnet101 | vgg16 | hrnet_w32 | hrnet_w48, got 'hrnet'")):
         parse_params({section: {"backbone": "hrnet"}})
 
 
 def test_maskrcnn_backbone_choices_are_its_builders() -> None:
     (backbone,) = [f for f in dataclasses.fields(MaskRCNNParams) if f.name == "backbone"]
     assert backbone.metadata["choices"] == MASKRCNN_BACKBONES
+
+
+def test_floats_as_dvc_writes_them(tmp_path: Path) -> None:
+    """`dvc exp run -S train.lr=5e-5` writes `lr: 5e-05`, a string to YAML 1.1 readers."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 5e-05\n  warmup_iters: 10\ndata:\n  root: '1e3'\n")
+    params = load_params(path)
+    assert (params.train.lr, params.train.warmup_iters, params.data.root) == (5e-05, 10, "1e3")
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

@@ -76,4 +76,4 @@ def test_stage_lists_every_params_section_it_reads(stage: str) -> None:
 
 def test_params_sections_are_read_from_the_script() -> None:
     script = REPO / "stages/train.py"
-    assert {"train", "seed", "supervision", "data", "pseudo_labels"} <= params_sections_read(script)
+    assert {"train", "seed", "supervision", "pseudo_labels"} <= params_sections_read(script)

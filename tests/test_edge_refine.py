@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from bestie import edge_refine
@@ -71,3 +72,61 @@ def test_pamr_keeps_uniform_scores_and_scales_freely() -> None:
     assert torch.allclose(edge_refine.pamr(image, flat, (1, 2), 3), flat)
     # The affinities do not depend on the colour scale.
     assert torch.allclose(edge_refine.pamr(image, scores, (1, 2), 3), edge_refine.pamr(255 * image, scores, (1, 2), 3), atol=1e-5)
+
+
+def _pamr_by_definition(guide: Tensor, scores: Tensor, dilations, iterations: int, temperature: float = 0.1) -> Tensor:
+    """PAMR as its docstring defines it, each neighbour gathered by a clamped index and the
+    standard deviation taken by torch.std over the stacked window."""
+    _, height, width = guide.shape
+    offsets = edge_refine.neighbour_offsets(dilations)
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    rows = [(ys + dy).clamp(0, height - 1) for dy, _ in offsets]
+    cols = [(xs + dx).clamp(0, width - 1) for _, dx in offsets]
+    neighbours = torch.stack([guide[:, r, c] for r, c in zip(rows, cols)])  # [P, F, H, W]
+    spread = torch.cat([neighbours, guide[None]]).std(dim=0)
+    weights = (-((neighbours - guide).abs() / (temperature * spread + 1e-8)).mean(dim=1)).softmax(dim=0)
+    for _ in range(iterations):
+        scores = sum(w * scores[:, r, c] for w, r, c in zip(weights, rows, cols))
+    return scores
+
+
+@pytest.mark.parametrize(
+    "dilations",
+    [(1,), (1, 3), (2, 2), (1, 2, 4, 8, 12, 16), (1, 2, 4, 8, 12, 24), (5, 30)],  # params, the function default, beyond the image
+)
+@pytest.mark.parametrize("shape", [(13, 17), (8, 5)])
+def test_pamr_equals_its_definition(dilations: tuple[int, ...], shape: tuple[int, int]) -> None:
+    generator = torch.Generator().manual_seed(sum(dilations) + shape[0])
+    guide = torch.randn(6, *shape, generator=generator)
+    scores = torch.rand(4, *shape, generator=generator)
+    expected = _pamr_by_definition(guide, scores, dilations, iterations=10)
+    assert torch.allclose(edge_refine.pamr(guide, scores, dilations, iterations=10), expected, rtol=0, atol=1e-4)
+    weights = edge_refine.pamr_affinity(guide, dilations)
+    assert weights.shape == (shape[0] * shape[1], 8 * len(dilations))
+    assert torch.allclose(weights.sum(dim=1), torch.ones(len(weights)))
+
+
+def test_neighbour_index_follows_the_shifted_views() -> None:
+    x = torch.randn(2, 7, 9)
+    offsets = edge_refine.neighbour_offsets((1, 4))
+    index = edge_refine.neighbour_index(7, 9, offsets)
+    views = torch.stack(edge_refine.shifted_views(x, offsets))  # [P, C, H, W]
+    assert index.dtype == torch.int32
+    assert torch.equal(x.reshape(2, -1)[:, index.long()], views.permute(1, 2, 3, 0).reshape(2, 63, len(offsets)))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_mean_pool_is_avg_pool_with_partial_blocks(stride: int) -> None:
+    x = torch.rand(3, 13, 18, generator=torch.Generator().manual_seed(stride))
+    expected = F.avg_pool2d(x[None], stride, ceil_mode=True)[0]
+    assert torch.allclose(edge_refine.mean_pool(x, stride), expected, atol=1e-6)
+
+
+def test_texture_guide_box_is_avg_pool_with_replicated_border() -> None:
+    image = torch.rand(3, 11, 14, generator=torch.Generator().manual_seed(0))
+    padded = F.pad(image[None], (2,) * 4, mode="replicate")
+    mean = F.avg_pool2d(padded, 5, stride=1)[0]
+    spread = (F.avg_pool2d(padded * padded, 5, stride=1)[0] - mean * mean).clamp(min=0).sqrt()
+    guide = edge_refine.texture_guide(image, 5)
+    assert torch.allclose(guide[3:6], mean, atol=1e-6)
+    assert torch.allclose(guide[6:], spread, atol=1e-5)

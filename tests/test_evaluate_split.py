@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bestie.coco import ground_truth_by_image
+from bestie.data.manifest import load_manifest
 from bestie.data.prepare import prepare_dataset
-from bestie.data.voc import VOCDataset
+from bestie.data.sources.voc import VOCSource
 from bestie.evaluate_split import predict_split, write_evaluation
 from bestie.io import environment_versions
 from bestie.structures import Instances
@@ -19,22 +21,24 @@ METRIC_KEYS = {"voc_map25", "voc_map50", "voc_map70", "voc_map75", "coco_ap", "c
 
 @pytest.fixture
 def val(tmp_path, voc_fixture_root):
-    manifest, _, val_gt = prepare_dataset(voc_fixture_root, "train", "val")
     gt_path = tmp_path / "val_gt.json"
-    gt_path.write_text(json.dumps(val_gt))
-    return manifest, VOCDataset(voc_fixture_root, "val"), gt_path
+    prepare_dataset(VOCSource(voc_fixture_root, {"train": "train", "val": "val"}), tmp_path / "prepared", gt_path)
+    manifest = load_manifest(tmp_path / "prepared/manifest.json")
+    return manifest, ground_truth_by_image(json.loads(gt_path.read_text())), gt_path
 
 
 def test_ground_truth_as_predictions_scores_100(tmp_path, val):
-    manifest, voc, gt_path = val
+    manifest, ground_truth, gt_path = val
     seen = []
 
     def predict(image, record):
         seen.append((image.shape, record.name))
-        gt = voc.ground_truth(record.name)
+        gt = ground_truth[record.image_id]
         return Instances(gt.masks, gt.classes, np.ones(len(gt), dtype=np.float32))
 
-    predictions = predict_split(predict, voc, manifest.val, manifest.class_names, gallery_size=1)
+    predictions = predict_split(
+        predict, manifest.val, manifest.class_names, manifest.category_ids, ground_truth, gallery_size=1
+    )
     (record,) = manifest.val
     assert seen == [((375, 500, 3), record.name)]
     assert [r["image_id"] for r in predictions.results] == [record.image_id] * 2
@@ -51,12 +55,12 @@ def test_ground_truth_as_predictions_scores_100(tmp_path, val):
 
 
 def test_no_gallery_and_no_instances(tmp_path, val):
-    manifest, voc, gt_path = val
+    manifest, ground_truth, gt_path = val
 
     def predict(image, record):
         return Instances(np.zeros((0, *image.shape[:2]), dtype=bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
-    predictions = predict_split(predict, voc, manifest.val, manifest.class_names)
+    predictions = predict_split(predict, manifest.val, manifest.class_names, manifest.category_ids, ground_truth)
     assert predictions.results == [] and predictions.gallery == {}
     metrics = write_evaluation(
         predictions, gt_path, out_dir=tmp_path / "eval", metrics_path=tmp_path / "metrics.json",

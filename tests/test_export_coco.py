@@ -10,7 +10,7 @@ import torch
 from pycocotools.coco import COCO
 
 from bestie.checkpoint import save_checkpoint
-from bestie.data.voc import VOC_CLASSES
+from bestie.data.sources.voc import VOC_CLASSES
 from bestie.models import BestieNet
 
 from .helpers import run_stage, write_params

@@ -99,6 +99,11 @@ def train_tiny(model, params: MaskRCNNParams = TINY, *, seed: int = 0, state: Tr
 # ------------------------------------------------------------------ the COCO data path
 
 
+def _image_paths(path):
+    """Image id -> image path of a file written by _write_coco (the prepared manifest's role)."""
+    return {i["id"]: path.parent / "JPEGImages" / i["file_name"] for i in json.loads(path.read_text())["images"]}
+
+
 def test_masks_to_boxes_are_pixel_edges():
     masks = np.zeros((2, 5, 6), dtype=bool)
     masks[0, 2, 3] = True  # one pixel at row 2, column 3
@@ -114,7 +119,7 @@ def test_pseudo_labels_load_in_pycocotools_and_torchvision_unchanged(tmp_path):
 
     dataset = torchvision.datasets.CocoDetection(str(tmp_path / "JPEGImages"), str(path))
     wrapped = torchvision.datasets.wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels", "masks"))
-    ours = CocoInstances(path, tmp_path / "JPEGImages", flip=False)
+    ours = CocoInstances(path, _image_paths(path), flip=False)
     for index in range(2):
         image, target = wrapped[index]
         _, masks, classes = _scene(index)
@@ -129,7 +134,8 @@ def test_pseudo_labels_load_in_pycocotools_and_torchvision_unchanged(tmp_path):
 
 
 def test_dataset_flips_image_masks_and_boxes_together(tmp_path):
-    dataset = CocoInstances(_write_coco(tmp_path), tmp_path / "JPEGImages")
+    path = _write_coco(tmp_path)
+    dataset = CocoInstances(path, _image_paths(path))
     plain_image, plain = dataset[0]
     seed = next(s for s in range(100) if np.random.default_rng(s).random() < 0.5)  # a seed that flips
     image, flipped = dataset[(0, seed)]
@@ -144,22 +150,22 @@ def test_dataset_skips_images_without_instances_and_warns_on_an_empty_file(tmp_p
     coco = json.loads(path.read_text())
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] == 2]
     path.write_text(json.dumps(coco))
-    assert CocoInstances(path, tmp_path / "JPEGImages").image_ids == [2]
+    assert CocoInstances(path, _image_paths(path)).image_ids == [2]
     coco["annotations"] = []
     path.write_text(json.dumps(coco))
-    assert CocoInstances(path, tmp_path / "JPEGImages").image_ids == sorted(i["id"] for i in coco["images"])
+    assert CocoInstances(path, _image_paths(path)).image_ids == sorted(i["id"] for i in coco["images"])
     assert "no image has annotations" in capsys.readouterr().err
     coco["images"] = []
     path.write_text(json.dumps(coco))
     with pytest.raises(BestieError, match="no images to train on"):
-        CocoInstances(path, tmp_path / "JPEGImages")
+        CocoInstances(path, _image_paths(path))
 
 
 def test_dataset_names_a_missing_image(tmp_path):
     path = _write_coco(tmp_path)
     (tmp_path / "JPEGImages/im1.jpg").unlink()
-    with pytest.raises(BestieError, match="im1.jpg: image of the annotation file not found"):
-        CocoInstances(path, tmp_path / "JPEGImages")[1]
+    with pytest.raises(BestieError, match="im1.jpg: image not found"):
+        CocoInstances(path, _image_paths(path))[1]
 
 
 # ------------------------------------------------------------------ models

@@ -5,6 +5,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from huggingface_hub import constants as hub_constants
 from torch import nn
 from torchvision.models import WeightsEnum
 
@@ -12,6 +13,7 @@ from bestie.errors import BestieError
 from bestie.models import (
     BACKBONES,
     BestieNet,
+    HRNetBackbone,
     PAMClassifier,
     PeakAttention,
     ResNetBackbone,
@@ -46,6 +48,13 @@ def offline(monkeypatch):
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", no_network)
+
+
+@pytest.fixture
+def hub_offline(monkeypatch, tmp_path):
+    """The Hugging Face hub (timm's weights) offline, over an empty cache."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
 
 
 def _check_features(backbone, features, height, width):
@@ -99,13 +108,29 @@ def test_vgg16_backbone_dilated_conv5(output_stride):
 
 @pytest.mark.parametrize("name, kind, deepest_stride", [
     ("small", SmallBackbone, 8), ("resnet50", ResNetBackbone, 16), ("resnet101", ResNetBackbone, 16),
-    ("vgg16", VGG16Backbone, 8),
+    ("vgg16", VGG16Backbone, 8), ("hrnet_w32", HRNetBackbone, 32), ("hrnet_w48", HRNetBackbone, 32),
 ])
 def test_registry_builds_each_backbone_by_name(name, kind, deepest_stride):
     backbone = build_backbone(name)
     assert type(backbone) is kind and backbone.strides[backbone.deepest] == deepest_stride
     assert backbone.compact == (name == "small")  # only the small one gets compact decoders
-    assert set(BACKBONES) == {"small", "resnet50", "resnet101", "vgg16"}
+    assert set(BACKBONES) == {"small", "resnet50", "resnet101", "vgg16", "hrnet_w32", "hrnet_w48"}
+
+
+@pytest.mark.parametrize("name, width", [("hrnet_w32", 32), ("hrnet_w48", 48)])
+def test_hrnet_backbone_branches_from_timm(name, width):
+    backbone = build_backbone(name)
+    assert backbone.out_channels == {"res2": width, "res3": 2 * width, "res4": 4 * width, "res5": 8 * width}
+    assert backbone.strides == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    assert backbone.low_level == ("res4", "res3", "res2")  # every branch feeds the decoder
+
+
+@pytest.mark.parametrize("height, width", [(64, 96), (97, 130)])
+def test_hrnet_backbone_takes_any_size(height, width):
+    """HRNet itself needs sides divisible by 32; the backbone pads and cuts back."""
+    backbone = build_backbone("hrnet_w32").eval()
+    with torch.no_grad():
+        _check_features(backbone, backbone(torch.randn(2, 3, height, width)), height, width)
 
 
 def test_registered_backbones_carry_either_model():
@@ -142,6 +167,16 @@ def test_pretrained_offline_is_a_clear_bestie_error(offline, name):
     # what to do: train from scratch, or put the file where torchvision looks for it
     assert "set `pretrained: false` to train from scratch" in message
     assert torch.hub.get_dir() in message and ".pth" in message
+
+
+def test_hrnet_pretrained_offline_says_what_to_download(hub_offline, tmp_path):
+    with pytest.raises(BestieError) as err:
+        build_backbone("hrnet_w48", pretrained=True)
+    message = str(err.value)
+    assert message.startswith("could not download the ImageNet weights of hrnet_w48 (") and "\n" not in message
+    assert "set `pretrained: false` to train from scratch" in message
+    assert "`hf download timm/hrnet_w48.ms_in1k`" in message
+    assert f"models--timm--hrnet_w48.ms_in1k it makes into {tmp_path}" in message
 
 
 def test_pretrained_offline_through_the_network(offline):
@@ -246,6 +281,20 @@ def test_bestie_resnet50_from_scratch():
         "seg": (2, 4, 64, 64), "center": (2, 3, 64, 64), "offset": (2, 2, 64, 64)}
 
 
+def test_bestie_hrnet_forward_backward():
+    model = BestieNet(3, backbone="hrnet_w32")
+    # the decoder fuses every branch, with widths from the backbone's channels; ASPP at stride 32
+    assert [f.project[0].in_channels for f in model.semantic_decoder.fusions] == [128, 64, 32]
+    assert model.semantic_decoder.aspp.branches[0][0].in_channels == 256
+    assert model.instance_decoder.aspp.branches[1][0].dilation == (3, 3)
+    out = model(torch.randn(2, 3, 64, 80))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "seg": (2, 4, 64, 80), "center": (2, 3, 64, 80), "offset": (2, 2, 64, 80)}
+    sum(v.square().mean() for v in out.values()).backward()
+    # DDP (without find_unused_parameters) needs a gradient for every parameter
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
 def test_untrained_bestie_predicts_no_centers():
     model = BestieNet(4).eval()
     with torch.no_grad():
@@ -288,11 +337,14 @@ def test_aspp_shape():
     assert aspp(torch.randn(2, 16, 9, 11)).shape == (2, 8, 9, 11)
 
 
-def test_bn_momentum_and_sync_batchnorm_conversion():
-    model = BestieNet(3, bn_momentum=0.01)
+@pytest.mark.parametrize("backbone", ["small", "hrnet_w32"])
+def test_bn_momentum_and_sync_batchnorm_conversion(backbone):
+    model = BestieNet(3, backbone, bn_momentum=0.01)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(m.momentum == 0.01 for m in norms)
     assert all(m.momentum == 0.1 for m in BestieNet(3).modules() if isinstance(m, nn.BatchNorm2d))
+    # every norm is a BatchNorm, so under DDP every one is synchronised
+    assert not any(isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)) for m in model.modules())
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == len(norms)
     assert not any(type(m) is nn.BatchNorm2d for m in synced.modules())

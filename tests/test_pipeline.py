@@ -17,6 +17,7 @@ import yaml
 from bestie.checkpoint import load_checkpoint
 from bestie.metrics.instances import voc_instance_map
 from bestie.io import environment_versions
+from bestie.presets import merge_params
 
 from .helpers import clone_project, env_with_this_python, write_params
 
@@ -50,6 +51,33 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([*git, "commit", "-qam", "tiny params"], cwd=project, check=True)  # what --temp runs copy
     _dvc(project, "repro")
     return project
+
+
+@pytest.fixture(scope="module")
+def coco_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny pipeline on the synthetic data in the COCO 2017 layout, read as COCO."""
+    project = clone_project(tmp_path_factory.mktemp("pipeline_coco"))
+    write_params(project / "params.yaml", {**TINY, "synthesize": {**TINY["synthesize"], "coco": True},
+                                           "data": {"format": "coco"}})
+    _dvc(project, "repro")
+    return project
+
+
+def test_coco_input_runs_the_whole_dag_and_keeps_the_datasets_ids(coco_project: Path) -> None:
+    original = json.loads((coco_project / "data/synthetic/annotations/instances_val2017.json").read_text())
+    category_ids = {c["id"] for c in original["categories"]}
+    assert category_ids != set(range(1, len(category_ids) + 1))  # the ids to keep are not class + 1
+    image_ids = {i["id"] for i in original["images"]}
+    for name in ("bestie", "maskrcnn"):
+        metrics = json.loads((coco_project / f"metrics/{name}.json").read_text())
+        assert {"voc_map50", "coco_ap"} <= set(metrics)
+        predictions = json.loads((coco_project / f"data/eval/{name}/predictions.json").read_text())
+        assert {p["image_id"] for p in predictions} <= image_ids
+        assert {p["category_id"] for p in predictions} <= category_ids
+    pseudo = json.loads((coco_project / "data/coco/train_pseudo.json").read_text())
+    assert {c["id"] for c in pseudo["categories"]} == category_ids
+    manifest = json.loads((coco_project / "data/prepared/manifest.json").read_text())
+    assert all("/train2017/" in record["path"] for record in manifest["train"])
 
 
 def test_repro_writes_every_contract_output(project: Path) -> None:
@@ -115,7 +143,8 @@ def test_predict_on_val_images_equals_the_evaluate_stage(project: Path) -> None:
 
 EDGES = {
     ("check_params", "synthesize"), ("check_params", "prepare"), ("synthesize", "prepare"), ("prepare", "classifier"), ("classifier", "peaks"), ("classifier", "wsss"),
-    ("peaks", "pseudo_labels"), ("wsss", "pseudo_labels"), ("pseudo_labels", "train"), ("train", "evaluate"),
+    ("peaks", "pseudo_labels"), ("wsss", "wsss_network"), ("wsss_network", "pseudo_labels"),
+    ("wsss_network", "train"), ("pseudo_labels", "train"), ("train", "evaluate"),
     ("train", "export_coco"), ("export_coco", "maskrcnn"),
 }
 
@@ -222,3 +251,15 @@ def test_killed_training_resumes_and_leaves_nothing_corrupt(project: Path) -> No
     finally:
         (project / "params.yaml").write_text(params)
         _dvc(project, "repro")
+
+
+def test_repro_train_with_timms_hrnet(tmp_path: Path) -> None:
+    """The train stage on timm's HRNet-W32 (no ImageNet weights): `dvc repro train` on tiny params."""
+    project = clone_project(tmp_path)
+    write_params(project / "params.yaml", merge_params(TINY, {"train": {"backbone": "hrnet_w32", "crop_size": 64}}))
+    _dvc(project, "repro", "train")
+    checkpoint = load_checkpoint(project / "data/models/bestie.pt", kind="bestie")
+    assert checkpoint["config"]["backbone"] == "hrnet_w32"
+    assert any(name.startswith("backbone.body.stage4.") for name in checkpoint["model"])
+    log = (project / "metrics/train/log.tsv").read_text().splitlines()
+    assert len(log) == 1 + TINY["train"]["iterations"]  # a header, then one row an iteration (log_every 1)

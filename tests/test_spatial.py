@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from bestie.spatial import class_components, max_filter
 
@@ -76,3 +77,21 @@ def test_class_components_of_every_class_in_the_map_by_connectivity():
     assert component_class.tolist() == [0, 2] and component_map[0, 0] == component_map[1, 1] == 2
     with pytest.raises(ValueError, match="connectivity"):
         class_components(semantic, connectivity=6)
+
+
+@pytest.mark.parametrize("min_size", [1, 4])
+def test_class_components_number_as_labelling_each_whole_class_map(min_size: int):
+    # Blobs of 4 classes, scattered pixels and ignore: each class is labelled in its bounding
+    # box, which must give the components and numbers of labelling the whole map.
+    rng = np.random.default_rng(min_size)
+    semantic = np.repeat(np.repeat(rng.integers(0, 5, size=(6, 8)), 4, 0), 4, 1).astype(np.uint8)
+    semantic[rng.random(semantic.shape) < 0.1] = rng.integers(1, 5)
+    semantic[rng.random(semantic.shape) < 0.05] = 255
+    component_map, component_class = class_components(semantic, range(4), min_size=min_size)
+    expected, next_id = np.zeros(semantic.shape, np.int32), 1
+    for cls in range(4):
+        labels, count = ndimage.label(semantic == cls + 1, structure=np.ones((3, 3), bool))
+        for k in range(1, count + 1):
+            if (labels == k).sum() >= min_size:
+                expected[labels == k], next_id = next_id, next_id + 1
+    assert np.array_equal(component_map, expected) and len(component_class) == next_id - 1

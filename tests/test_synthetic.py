@@ -1,9 +1,10 @@
-"""The embedded synthetic dataset: layout, mask consistency, determinism and difficulty."""
+"""The synthetic datasets (every style): layout, mask consistency, determinism and difficulty."""
 
 from __future__ import annotations
 
 import colorsys
 import dataclasses
+import hashlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from bestie.config import SynthesizeParams
 from bestie.data.png import read_label_png
 from bestie.data.synthetic import (
     CLASS_NAMES,
+    STYLES,
     dataset_statistics,
     generate,
     render_image,
@@ -36,10 +38,15 @@ def _ids(root: Path, split: str) -> list[str]:
     return (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
 
 
+@pytest.fixture(scope="module", params=sorted(STYLES))
+def style(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("synthetic")
-    generate(path, SMALL)
+def root(tmp_path_factory: pytest.TempPathFactory, style: str) -> Path:
+    path = tmp_path_factory.mktemp(f"synthetic_{style}")
+    generate(path, dataclasses.replace(SMALL, style=style))
     return path
 
 
@@ -49,8 +56,8 @@ def samples() -> list:
     return [render_image(SynthesizeParams(), "train", i) for i in range(40)]
 
 
-def test_layout(root: Path) -> None:
-    assert (root / "classes.txt").read_text().splitlines() == list(CLASS_NAMES[:4])
+def test_layout(root: Path, style: str) -> None:
+    assert (root / "classes.txt").read_text().splitlines() == list(STYLES[style].class_names[:4])
     assert _ids(root, "train") == [f"train_{i:06d}" for i in range(8)]
     assert _ids(root, "val") == [f"val_{i:06d}" for i in range(4)]
     for image_id in _ids(root, "train") + _ids(root, "val"):
@@ -71,7 +78,7 @@ def test_image_size_within_bounds_and_equal_to_masks(root: Path) -> None:
         assert read_label_png(root / "SegmentationObject" / f"{image_id}.png").shape == (height, width)
 
 
-def test_masks_agree(root: Path) -> None:
+def test_masks_agree(root: Path, style: str) -> None:
     for image_id in _ids(root, "train") + _ids(root, "val"):
         classes = read_label_png(root / "SegmentationClass" / f"{image_id}.png")
         objects = read_label_png(root / "SegmentationObject" / f"{image_id}.png")
@@ -83,7 +90,7 @@ def test_masks_agree(root: Path) -> None:
         for k in ids:
             (label,) = np.unique(classes[objects == k])  # one class an instance
             assert 1 <= label <= SMALL.num_classes
-            names.append(CLASS_NAMES[label - 1])
+            names.append(STYLES[style].class_names[label - 1])
         # Annotations name the same instances, in the same order.
         xml = ET.parse(root / "Annotations" / f"{image_id}.xml").getroot()
         assert xml.findtext("filename") == f"{image_id}.jpg"
@@ -103,13 +110,13 @@ def _tree_bytes(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_same_bytes_other_seed_other_data(root: Path, tmp_path: Path) -> None:
+def test_same_seed_same_bytes_other_seed_other_data(root: Path, style: str, tmp_path: Path) -> None:
     (tmp_path / "again").mkdir()
-    generate(tmp_path / "again", SMALL)
+    generate(tmp_path / "again", dataclasses.replace(SMALL, style=style))
     assert _tree_bytes(tmp_path / "again") == _tree_bytes(root)
 
     (tmp_path / "other").mkdir()
-    generate(tmp_path / "other", dataclasses.replace(SMALL, seed=1))
+    generate(tmp_path / "other", dataclasses.replace(SMALL, style=style, seed=1))
     other, first = _tree_bytes(tmp_path / "other"), _tree_bytes(root)
     assert other.keys() == first.keys()
     changed = [name for name in first if name.endswith(".jpg") and first[name] != other[name]]
@@ -132,9 +139,10 @@ def test_one_instance_images_skip_the_forced_pair() -> None:
     assert len(sample.classes) == 1
 
 
+@pytest.mark.parametrize("style_name", sorted(STYLES))
 @pytest.mark.parametrize("width", [0, 1, 3])
-def test_void_band_on_every_instance_border(width: int) -> None:
-    params = SynthesizeParams(void_width=width)
+def test_void_band_on_every_instance_border(width: int, style_name: str) -> None:
+    params = SynthesizeParams(void_width=width, style=style_name)
     reach = np.ones((3, 3), dtype=bool)
     for index in range(6):
         objects = render_image(params, "train", index).object_map
@@ -254,3 +262,75 @@ def test_statistics_bad_input() -> None:
         dataset_statistics([np.zeros((4, 4), np.uint8)], [])
     with pytest.raises(ValueError):
         dataset_statistics([np.zeros((4, 4), np.uint8)], [np.zeros((4, 5), np.uint8)])
+
+
+# The embedded style's output as the generator wrote it before styles existed: sha256 of the
+# SMALL dataset's files (name and bytes, in sorted order) and of three default-params images.
+EMBEDDED_TREE_SHA256 = "d53aa3e99b57485a0d1e4c3f33a9c311018534127ccb50e5a290f4eb4946046f"
+EMBEDDED_IMAGE_SHA256 = {
+    ("train", 0): "f7616606026b8933e885adae819b6601d7e25687ecd9faaaf3693172b18a9eab",
+    ("train", 7): "5d06325f572fc9a52a1091067d3efc2d9ae1c7bc0696eba2605eb613cdfc8ab6",
+    ("val", 3): "54ad817fbaa7453ede00e384aed0dfb449412c24cc7453e6ab5ca443c851d3c6",
+}
+
+
+def test_embedded_style_is_byte_identical_to_the_pre_style_generator(tmp_path: Path) -> None:
+    assert SynthesizeParams().style == "embedded"
+    generate(tmp_path, SMALL)
+    tree = hashlib.sha256()
+    for name, data in _tree_bytes(tmp_path).items():
+        tree.update(name.encode())
+        tree.update(data)
+    assert tree.hexdigest() == EMBEDDED_TREE_SHA256
+    for (split, index), expected in EMBEDDED_IMAGE_SHA256.items():
+        sample = render_image(SynthesizeParams(), split, index)
+        digest = hashlib.sha256()
+        for array in (sample.image, sample.class_map, sample.object_map):
+            digest.update(array.tobytes())
+        digest.update(bytes(sample.classes))
+        assert digest.hexdigest() == expected, (split, index)
+
+
+def test_style_registry_matches_the_params_choices() -> None:
+    style = next(f for f in dataclasses.fields(SynthesizeParams) if f.name == "style")
+    assert tuple(style.metadata["choices"]) == tuple(STYLES)
+    assert STYLES["embedded"].class_names == CLASS_NAMES
+    for name, definition in STYLES.items():
+        assert len(definition.class_names) == len(definition.class_shapes) == len(definition.class_textures) == 6, name
+
+
+def _masks_of(style_name: str, count: int = 40) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    samples = [render_image(SynthesizeParams(style=style_name), "train", i) for i in range(count)]
+    return [s.class_map for s in samples], [s.object_map for s in samples]
+
+
+def _box_fill(class_maps: list[np.ndarray], object_maps: list[np.ndarray]) -> np.ndarray:
+    """Every instance's labelled pixels over its bounding box's area: a shape-family statistic."""
+    fills = []
+    for objects in object_maps:
+        instances = np.where(objects == 255, 0, objects)
+        for k, box in enumerate(ndimage.find_objects(instances), start=1):
+            if box is not None:
+                fills.append((instances[box] == k).mean())
+    return np.asarray(fills)
+
+
+def test_heldout_style_differs_in_shapes_sizes_and_looks() -> None:
+    embedded, heldout = _masks_of("embedded"), _masks_of("heldout")
+    assert not set(STYLES["embedded"].class_names) & set(STYLES["heldout"].class_names)
+    # Shape families: thin needles, spikes, crescents and horseshoes fill less of their box.
+    fill_embedded, fill_heldout = _box_fill(*embedded), _box_fill(*heldout)
+    assert np.median(fill_heldout) < np.median(fill_embedded) - 0.05
+    # Sizes: more small and more large objects, so a far wider spread of areas.
+    stats_embedded, stats_heldout = dataset_statistics(*embedded), dataset_statistics(*heldout)
+    spread = {
+        name: stats["instance_area_p95"] / stats["instance_area_p5"]
+        for name, stats in (("embedded", stats_embedded), ("heldout", stats_heldout))
+    }
+    assert spread["heldout"] > 2 * spread["embedded"], spread
+    assert stats_heldout["instance_area_p5"] < stats_embedded["instance_area_p5"]
+    assert stats_heldout["instance_area_p95"] > stats_embedded["instance_area_p95"]
+    # Same params, other style: other pixels.
+    first = (render_image(SynthesizeParams(style=name), "train", 0).image for name in ("embedded", "heldout"))
+    a, b = first
+    assert a.shape != b.shape or not np.array_equal(a, b)

@@ -225,6 +225,15 @@ def _random_scene(
     return semantic, np.array(points).reshape(-1, 2), np.array(classes, np.int64)
 
 
+def _scene_at_random_scale(seed: int, center: str, min_scale: float):
+    """A random 64x80 scene's pseudo label, a scale in [min_scale, 1.6) and the scaled size; the rng goes on."""
+    rng = np.random.default_rng(seed)
+    semantic, points, classes = _random_scene(rng, 64, 80)
+    result = semantic_knowledge_transfer(semantic, points, classes, min_size=1, center=center)
+    scale = rng.uniform(min_scale, 1.6)
+    return rng, result, scale, _scaled_size(64, 80, scale)
+
+
 def _render(
     instance_map: np.ndarray, centers: np.ndarray, classes: np.ndarray
 ) -> dict[str, torch.Tensor]:
@@ -240,11 +249,7 @@ def _render(
 def test_targets_commute_with_crop_and_flip(seed):
     # Rendering after crop + flip equals rendering on a canvas holding the whole scaled image
     # (zero-padded), then cutting the crop out and flipping it (dx changes sign).
-    rng = np.random.default_rng(seed)
-    semantic, points, classes = _random_scene(rng, 64, 80)
-    result = semantic_knowledge_transfer(semantic, points, classes, min_size=1, center="centroid")
-    scale = rng.uniform(0.6, 1.6)
-    out_h, out_w = _scaled_size(64, 80, scale)
+    rng, result, scale, (out_h, out_w) = _scene_at_random_scale(seed, "centroid", 0.6)
     # A crop around the first instance; it may run past the scaled image.
     whole = (0, 0, out_w, out_h)
     center_x, center_y = GeometricTransform((64, 80), scale, whole, False).apply_points(result.centers[:1])[0]
@@ -275,11 +280,7 @@ def test_targets_commute_with_crop_and_flip(seed):
 def test_point_centers_after_augmentation(seed):
     # Point-level: the transformed centers are the points moved by the closed-form map, and
     # each lands inside its own instance, so its offsets lead there.
-    rng = np.random.default_rng(seed)
-    semantic, points, classes = _random_scene(rng, 64, 80)
-    result = semantic_knowledge_transfer(semantic, points, classes, min_size=1, center="point")
-    scale = rng.uniform(0.8, 1.6)
-    out_h, out_w = _scaled_size(64, 80, scale)
+    rng, result, scale, (out_h, out_w) = _scene_at_random_scale(seed, "point", 0.8)
     crop = (-5, -3, out_w + 4, out_h + 2)
     flip = bool(seed % 2)
 
@@ -307,11 +308,7 @@ def test_point_centers_after_augmentation(seed):
 def test_centroid_centers_after_scaling_move_less_than_a_pixel(seed):
     # Image-level: the transformed centroid is within a pixel of the centroid recomputed on the
     # resampled map (nearest resampling moves borders), so targets agree up to that shift.
-    rng = np.random.default_rng(seed)
-    semantic, points, classes = _random_scene(rng, 64, 80)
-    result = semantic_knowledge_transfer(semantic, points, classes, min_size=1, center="centroid")
-    scale = rng.uniform(0.6, 1.6)
-    out_h, out_w = _scaled_size(64, 80, scale)
+    rng, result, scale, (out_h, out_w) = _scene_at_random_scale(seed, "centroid", 0.6)
     flip = bool(seed % 2)
     crop = (-6, -4, out_w + 3, out_h + 5)  # every instance stays whole
 

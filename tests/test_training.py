@@ -21,8 +21,8 @@ from bestie.losses import (
 )
 from bestie.models import BestieNet, SmallBackbone
 from bestie.training import (
-    IterationBatches, LoopSettings, TrainState, build_optimizer, epoch_batches, iteration_batches, load_train_state,
-    poly_lr, state_saver, step_lr, train,
+    IterationBatches, LoopSettings, TrainState, build_optimizer, device_layout, epoch_batches, iteration_batches,
+    load_train_state, poly_lr, state_saver, step_lr, train,
 )
 
 from .fake_data import NUM_CLASSES, FakeBestieData
@@ -55,7 +55,8 @@ def train_tiny(model: BestieNet, supervision: str = "cls", params: TrainParams =
                           context, params.workers),
         build_optimizer("adam", model.parameters(), params.lr, params.weight_decay),
         partial(poly_lr, total=params.iterations, warmup=params.warmup_iters, power=params.poly_power),
-        LoopSettings(params.iterations, params.log_every, params.checkpoint_every, seed=seed, amp=params.amp),
+        LoopSettings(params.iterations, params.log_every, params.checkpoint_every, seed=seed, amp=params.amp,
+                     channels_last=params.channels_last),
         context, state=state, save_state=save_state,
     )
 
@@ -268,3 +269,41 @@ def test_a_state_checkpoint_round_trips_through_its_file(tmp_path) -> None:
     assert loaded.optimizer["param_groups"] == state.optimizer["param_groups"]
     assert load_train_state(find_run_state(tmp_path, stage="train", kind="bestie", fingerprint="0123456789abcdef",
                                            resume=False, class_names=["a", "b"]), restored) == TrainState()
+
+
+# -- device layout: the CUDA branches are module surgery, checked here without a GPU ------------
+
+CUDA_PAIR = DistContext(0, 2, torch.device("cuda", 0))  # a model can be laid out for it on the CPU
+
+
+def _conv_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_cpu_layout_leaves_the_model_alone() -> None:
+    """amp and channels_last are CUDA-only, and one CPU process or several (gloo) keep BatchNorm."""
+    model = tiny_model()
+    for context in (CPU, DistContext(0, 2, torch.device("cpu"))):
+        assert device_layout(model, context, channels_last=True) is model
+    assert all(w.is_contiguous() for w in _conv_weights(model))
+    assert TINY.amp and TINY.channels_last  # the defaults train_tiny runs with on the CPU
+
+
+@pytest.mark.parametrize("backbone", ["small", "hrnet_w32"])
+def test_distributed_cuda_layout_syncs_every_batchnorm_and_goes_channels_last(backbone: str) -> None:
+    model = BestieNet(NUM_CLASSES, backbone)
+    optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0.0)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    laid_out = device_layout(model, CUDA_PAIR, channels_last=True)
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in laid_out.modules()) == norms
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in laid_out.modules())
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(laid_out))
+    # the optimizer still holds the parameters the laid-out model trains
+    assert {id(p) for p in laid_out.parameters()} == {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+
+def test_single_cuda_process_keeps_batchnorm_and_honours_the_flag() -> None:
+    one_gpu = DistContext(0, 1, torch.device("cuda", 0))
+    model = device_layout(tiny_model(), one_gpu, channels_last=False)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert all(w.is_contiguous() for w in _conv_weights(model))

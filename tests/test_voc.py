@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from bestie.data.png import read_label_png, write_label_png
-from bestie.data.voc import VOC_CLASSES, VOCDataset, interior_points, read_class_names
+from bestie.data.sources.base import interior_points
+from bestie.data.sources.voc import VOC_CLASSES, VOCDataset, read_class_names
 from bestie.errors import BestieError
 
 ID = "2007_000063"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -44,26 +44,31 @@ class CocoInstances(Dataset):
     """Images and instance masks of a COCO instances file (RLE or polygon segmentations).
 
     Args:
-        annotation_file: COCO JSON; image ``file_name`` is relative to ``image_dir``.
-        image_dir: the image folder.
+        annotation_file: COCO JSON.
+        image_paths: image id -> where to open the image (the prepared manifest's paths).
         flip: mirror a sample horizontally with probability 0.5 (drawn from its seed).
         skip_empty: leave out images without annotations (with pseudo labels, an image without
             instances more likely holds missed objects than none, so it would teach misses).
 
     Item ``(index, seed)`` (or a plain ``index``: no augmentation) ->
         image [3, H, W] float32 in [0, 1];
-        target {"boxes": [N, 4] float32 (x0, y0, x1, y1), "labels": [N] int64 (category_id,
-        = class + 1), "masks": [N, H, W] uint8, "image_id": int}.
+        target {"boxes": [N, 4] float32 (x0, y0, x1, y1), "labels": [N] int64 (class + 1, the
+        class of a category being its rank among the file's category ids), "masks": [N, H, W]
+        uint8, "image_id": int}.
     """
 
-    def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, *,
+    def __init__(self, annotation_file: str | os.PathLike, image_paths: Mapping[int, str | os.PathLike], *,
                  flip: bool = True, skip_empty: bool = True):
         self.coco = load_coco_gt(annotation_file)
-        self.image_dir = Path(image_dir)
+        self.image_paths = image_paths
+        self.label_of = {category_id: c + 1 for c, category_id in enumerate(sorted(self.coco.cats))}
         self.flip = flip
         ids = sorted(self.coco.imgs)
         if not ids:
             raise BestieError(f"{annotation_file}: no images to train on")
+        unknown = [i for i in ids if i not in image_paths]
+        if unknown:
+            raise BestieError(f"{annotation_file}: image id {unknown[0]!r} is no image of the prepared dataset")
         annotated = [i for i in ids if self.coco.imgToAnns[i]]
         if not annotated:
             # A weak first stage can leave no pseudo instance at all (e.g. a very short run):
@@ -78,9 +83,7 @@ class CocoInstances(Dataset):
     def read_image(self, image_id: int) -> np.ndarray:
         """[H, W, 3] uint8 RGB, checked against the annotation file's size."""
         info = self.coco.imgs[image_id]
-        path = self.image_dir / info["file_name"]
-        if not path.is_file():
-            raise BestieError(f"{path}: image of the annotation file not found")
+        path = self.image_paths[image_id]
         array = read_image(path)
         if array.shape[:2] != (info["height"], info["width"]):
             raise BestieError(
@@ -98,7 +101,7 @@ class CocoInstances(Dataset):
         masks = annotation_masks(annotations, height, width)
         keep = masks.any(axis=(1, 2))
         masks = masks[keep]
-        labels = np.asarray([a["category_id"] for a in annotations], dtype=np.int64)[keep]
+        labels = np.asarray([self.label_of[a["category_id"]] for a in annotations], dtype=np.int64)[keep]
 
         if seed is not None and self.flip and np.random.default_rng(seed).random() < 0.5:
             image, masks = image[:, ::-1], masks[:, :, ::-1]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,10 +12,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from bestie.data.manifest import ImageRecord
+from bestie.data.png import read_label_png
 from bestie.data.transforms import normalize, sample_color_jitter, sample_geometric
-from bestie.data.voc import VOCDataset
+from bestie.errors import BestieError
+from bestie.io import read_image
 
-__all__ = ["ClassificationDataset", "multi_hot", "pad_collate"]
+__all__ = ["ClassificationDataset", "SegmentationDataset", "multi_hot", "pad_collate"]
 
 
 def multi_hot(labels: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -40,7 +44,6 @@ class ClassificationDataset(Dataset):
 
     def __init__(
         self,
-        images: VOCDataset,
         records: Sequence[ImageRecord],
         num_classes: int,
         *,
@@ -49,7 +52,6 @@ class ClassificationDataset(Dataset):
         train: bool = True,
         seed: int = 0,
     ) -> None:
-        self.images = images
         self.records = list(records)
         self.num_classes = num_classes
         self.crop_size = crop_size
@@ -66,7 +68,7 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         record = self.records[index]
-        image = self.images.read_image(record.name)
+        image = read_image(record.path)
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             transform = sample_geometric(rng, image.shape[:2], self.crop_size, self.scale_range)
@@ -93,3 +95,45 @@ def pad_collate(
         [F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2])) for image in images]
     )
     return padded, torch.stack(labels), sizes
+
+
+class SegmentationDataset(Dataset):
+    """Images with a semantic label map each (``<label_dir>/<name>.png``), augmented for training.
+
+    Keyed ``(index, seed)`` like :class:`~bestie.data.instance_dataset.BestieTrainDataset`: the
+    seed fixes the augmentation (random scale in ``scale_range``, a ``crop_size`` crop padded
+    with the mean colour and 255 labels, flip, colour jitter), so batches are reproducible and
+    training resumes exactly (:func:`bestie.training.iteration_batches`).
+
+    Items: ``{"image": [3, S, S] float32 normalised, "semantic": [S, S] int64 (255 ignore)}``.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        label_dir: str | os.PathLike,
+        *,
+        crop_size: int,
+        scale_range: tuple[float, float],
+    ) -> None:
+        self.records = list(records)
+        self.label_dir = Path(label_dir)
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+        missing = [r.name for r in self.records if not (self.label_dir / f"{r.name}.png").is_file()]
+        if missing:
+            raise BestieError(f"{self.label_dir / missing[0]}.png: label map not found; re-run the wsss stage")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key
+        record = self.records[index]
+        rng = np.random.default_rng(seed)
+        image = read_image(record.path)
+        labels = read_label_png(self.label_dir / f"{record.name}.png")
+        transform = sample_geometric(rng, image.shape[:2], self.crop_size, self.scale_range)
+        image = sample_color_jitter(rng)(transform.apply_image(image))
+        semantic = torch.from_numpy(transform.apply_labels(labels).astype(np.int64))
+        return {"image": normalize(image), "semantic": semantic}

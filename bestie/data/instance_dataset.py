@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bestie.data.manifest import ImageRecord
+from bestie.data.manifest import ImageRecord, class_map_path
 from bestie.data.png import read_label_png
 from bestie.data.transforms import normalize, sample_color_jitter, sample_geometric
-from bestie.data.voc import VOCDataset
 from bestie.errors import BestieError
+from bestie.io import read_image
 from bestie.pseudo_labels import load_pseudo_label, load_records
 from bestie.spatial import class_components
 from bestie.targets import center_loss_weight, render_targets
@@ -32,12 +32,12 @@ class BestieTrainDataset(Dataset):
     """The training split with its semantic maps and pseudo instances.
 
     Args:
-        voc: the dataset (images; ground-truth class maps for ``full``).
-        records: the training split's manifest records.
+        records: the training split's manifest records (image paths, labels, points).
         supervision: "cls", "point" or "full".
         num_classes: C.
         semantic_dir: WSSS maps (``<name>.png``); unused with ``full``, which trains on the
-            ground-truth class maps.
+            ground-truth class maps of ``prepared``.
+        prepared: the ``prepare`` stage output.
         pseudo_dir: the ``pseudo_labels`` stage output.
         crop_size: side of the square training crops.
         scale_range: (min, max) of the random rescaling.
@@ -55,12 +55,12 @@ class BestieTrainDataset(Dataset):
 
     def __init__(
         self,
-        voc: VOCDataset,
         records: Sequence[ImageRecord],
         supervision: str,
         num_classes: int,
         semantic_dir: str | os.PathLike,
         pseudo_dir: str | os.PathLike,
+        prepared: str | os.PathLike,
         *,
         crop_size: int,
         scale_range: tuple[float, float],
@@ -68,7 +68,7 @@ class BestieTrainDataset(Dataset):
         dense_center_loss: bool,
         min_size: int,
     ):
-        self.voc = voc
+        self.prepared = Path(prepared)
         self.records = list(records)
         self.supervision = supervision
         self.num_classes = num_classes
@@ -91,17 +91,17 @@ class BestieTrainDataset(Dataset):
 
     def _semantic_map(self, record: ImageRecord) -> np.ndarray:
         if self.supervision == "full":
-            return self.voc.read_class_map(record.name)
+            return read_label_png(class_map_path(self.prepared, "train", record.name))
         path = self.semantic_dir / f"{record.name}.png"
         if not path.is_file():
-            raise BestieError(f"{path}: WSSS map not found; re-run the wsss stage")
+            raise BestieError(f"{path}: WSSS map not found; re-run the wsss and wsss_network stages")
         return read_label_png(path)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = key
         record = self.records[index]
         rng = np.random.default_rng(seed)
-        image = self.voc.read_image(record.name)
+        image = read_image(record.path)
         semantic = self._semantic_map(record)
         pseudo = load_pseudo_label(self.pseudo_dir, record.name, self.pseudo_records[record.name])
 

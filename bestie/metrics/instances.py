@@ -115,7 +115,7 @@ def voc_instance_ap_per_class(
     AP is the all-point interpolated area under precision/recall (:func:`interpolated_average_precision`).
     IoU is the plain mask IoU: the COCO ground truth carries no void (255) pixels, so
     unlike the SDS code void pixels are not excluded from predictions. ``iscrowd``
-    instances are treated as ordinary instances (VOC has none).
+    regions are no ground truth here (VOC has none; COCO AP ignores what matches them).
 
     Args:
         iou_thresholds: T thresholds in (0, 1].
@@ -131,7 +131,7 @@ def voc_instance_ap_per_class(
 
     category_ids = sorted(coco_gt.cats)
     class_of = {category_id: c for c, category_id in enumerate(category_ids)}
-    gt_classes = [class_of[a["category_id"]] for a in coco_gt.dataset["annotations"]]
+    gt_classes = [class_of[a["category_id"]] for a in coco_gt.dataset["annotations"] if not a.get("iscrowd")]
     num_gt = np.bincount(gt_classes, minlength=len(category_ids))  # [C]
 
     scores = np.array([p["score"] for p in predictions], dtype=np.float64)  # [D]
@@ -146,7 +146,7 @@ def voc_instance_ap_per_class(
 
     hits = np.zeros((len(predictions), len(thresholds)), dtype=bool)  # [D, T]
     for image_id, pred_indices in ranked_by_image.items():
-        annotations = coco_gt.imgToAnns.get(image_id, [])
+        annotations = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd")]
         if not annotations:
             continue
         height, width = coco_gt.imgs[image_id]["height"], coco_gt.imgs[image_id]["width"]

@@ -43,18 +43,23 @@ def mean_iou(confusion: Tensor) -> float:
     return 100 * iou_per_class(confusion).nanmean().item()
 
 
-def wsss_confusions(raw: Tensor, refined: Tensor, target: Tensor, num_labels: int) -> Tensor:
+def wsss_confusions(raw: Tensor | None, refined: Tensor, target: Tensor, num_labels: int) -> Tensor:
     """One image's WSSS maps scored three ways, to be summed over images.
 
     Args:
-        raw: ``[H, W]`` the CAM threshold map; refined: ``[H, W]`` the refined map (255 unsure);
-        target: ``[H, W]`` the ground truth.
+        raw: ``[H, W]`` the CAM threshold map, or None (maps read, not computed: no CAM);
+        refined: ``[H, W]`` the refined map (255 unsure); target: ``[H, W]`` the ground truth.
     Returns:
-        ``[3, L, L]`` int64 confusion matrices (:func:`confusion_matrix`) of the raw map, the
-        refined map without its ignore pixels, and the refined map with them as background.
+        ``[3, L, L]`` int64 confusion matrices (:func:`confusion_matrix`) of the raw map (zeros
+        without one), the refined map without its ignore pixels, and the refined map with them
+        as background.
     """
+    raw_confusion = (
+        confusion_matrix(raw, target, num_labels) if raw is not None
+        else torch.zeros(num_labels, num_labels, dtype=torch.int64)
+    )
     return torch.stack([
-        confusion_matrix(raw, target, num_labels),
+        raw_confusion,
         confusion_matrix(refined, target, num_labels),
         confusion_matrix(refined.masked_fill(refined == IGNORE, 0), target, num_labels),
     ])
@@ -67,6 +72,7 @@ def wsss_metrics(
     num_evaluated: int,
     ignored_pixels: int,
     total_pixels: int,
+    raw_cam: bool = True,
 ) -> dict[str, float]:
     """The ``wsss`` stage's metrics: mIoU of the maps and the refined map's IoU per label.
 
@@ -75,10 +81,11 @@ def wsss_metrics(
         class_names: the L - 1 foreground classes.
         num_images, num_evaluated: maps written, and of those scored against masks.
         ignored_pixels, total_pixels: the refined maps' 255 pixels, and all their pixels.
+        raw_cam: whether there were raw CAM maps (False: maps read from files).
     Returns:
         ``num_images``, ``num_evaluated``, ``ignore_share`` (a fraction, 4 decimals) and, if
-        any image was evaluated, ``miou``, ``miou_raw_cam``, ``miou_ignore_as_background``
-        and ``iou_<label>`` in percent (2 decimals).
+        any image was evaluated, ``miou``, ``miou_raw_cam`` (with ``raw_cam``),
+        ``miou_ignore_as_background`` and ``iou_<label>`` in percent (2 decimals).
     """
     metrics = {"num_images": num_images, "num_evaluated": num_evaluated,
                "ignore_share": round(ignored_pixels / max(total_pixels, 1), 4)}
@@ -87,7 +94,7 @@ def wsss_metrics(
         iou = iou_per_class(refined)
         metrics.update(
             miou=round(mean_iou(refined), 2),
-            miou_raw_cam=round(mean_iou(raw), 2),
+            **({"miou_raw_cam": round(mean_iou(raw), 2)} if raw_cam else {}),
             miou_ignore_as_background=round(mean_iou(ignore_as_background), 2),
             **{f"iou_{name}": round(100 * v, 2) for name, v in zip(("background", *class_names), iou.tolist())},
         )

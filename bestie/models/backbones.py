@@ -16,6 +16,7 @@ name          features (stride)                      deepest / low_level       I
 small         res2 (4), res3 (8), res4, res5 (8)      res5 / res3, res2         no
 resnet50/101  res2 (4), res3 (8), res4, res5 (16)     res5 / res3, res2         yes
 vgg16         conv3 (4), conv4 (8), conv5 (8)         conv5 / conv4, conv3      yes
+hrnet_w32/48  res2 (4), res3 (8), res4 (16), res5 (32) res5 / res4, res3, res2  yes (timm)
 ============  =====================================  ========================  ==============
 
 :data:`BACKBONES` maps each name to its builder; params validation reads its names, so adding
@@ -28,8 +29,11 @@ import os
 from typing import Callable
 from urllib.parse import urlparse
 
+import timm
 import torch
+import torch.nn.functional as F
 import torchvision
+from huggingface_hub import constants as hub_constants
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
@@ -40,6 +44,7 @@ __all__ = [
     "SmallBackbone",
     "ResNetBackbone",
     "VGG16Backbone",
+    "HRNetBackbone",
     "BACKBONES",
     "SMALL_WIDTH",
     "build_backbone",
@@ -87,12 +92,18 @@ def load_imagenet_weights(
     except (OSError, RuntimeError) as err:
         filename = os.path.basename(urlparse(weights.url).path)
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-        reason = getattr(err, "reason", None) or err
-        raise BestieError(
-            f"could not download the ImageNet weights of {arch} ({reason}): set `pretrained: false` "
-            f"to train from scratch, or put {filename} in {cache}"
-        ) from err
+        raise _weights_unavailable(arch, err, f"put {filename} in {cache}") from err
     module.load_state_dict(select(state))
+
+
+def _weights_unavailable(arch: str, err: Exception, remedy: str) -> BestieError:
+    """The one-line error for ImageNet weights that could not be fetched; ``remedy``: how to
+    provide them by hand."""
+    reason = getattr(err, "reason", None) or err
+    return BestieError(
+        f"could not download the ImageNet weights of {arch} ({reason}): set `pretrained: false` "
+        f"to train from scratch, or {remedy}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +305,57 @@ class VGG16Backbone(Backbone):
 
 
 # --------------------------------------------------------------------------------------------
+# HRNet-W32/W48 (timm), the published network's backbone
+# --------------------------------------------------------------------------------------------
+
+
+class HRNetBackbone(Backbone):
+    """timm's HRNet (``hrnet_w32``, ``hrnet_w48``): the four branches of its last stage.
+
+    HRNet keeps one branch per resolution through the whole network; its last stage outputs
+    them all, at strides 4, 8, 16 and 32, with W, 2W, 4W and 8W channels (W = 32 or 48).
+    They are named like ResNet stages (res2 .. res5) and all four feed the decoder, as in
+    Panoptic-DeepLab's HRNet: a branch nothing reads would leave parameters without a
+    gradient, which DDP refuses. Channels and strides are timm's ``feature_info``.
+
+    ImageNet weights come through timm's own loader (the Hugging Face hub).
+    """
+
+    def __init__(self, name: str = "hrnet_w48", pretrained: bool = False):
+        super().__init__()
+        # feature_location="": the branches themselves, not timm's channel-increasing
+        # classification head; out_indices 1-4 leave out the stride-2 stem map.
+        options = dict(features_only=True, feature_location="", out_indices=(1, 2, 3, 4))
+        try:
+            self.body = timm.create_model(name, pretrained=pretrained, **options)
+        except OSError as err:  # the hub's download and offline errors; a bad state dict is not one
+            repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+            raise _weights_unavailable(
+                name, err, f"run `hf download {repo}` where there is internet and copy the folder "
+                f"models--{repo.replace('/', '--')} it makes into {hub_constants.HF_HUB_CACHE}"
+            ) from err
+        names = [f"res{k}" for k in range(2, 6)]
+        self.out_channels = dict(zip(names, self.body.feature_info.channels()))
+        self.strides = dict(zip(names, self.body.feature_info.reduction()))
+        self.deepest = "res5"
+        self.low_level = ("res4", "res3", "res2")
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """[B, 3, H, W] -> {res2: [B, W, H/4, W/4], res3: [B, 2W, H/8, W/8],
+        res4: [B, 4W, H/16, W/16], res5: [B, 8W, H/32, W/32]} (W = 32 or 48; sizes rounded up)"""
+        height, width = images.shape[-2:]
+        # HRNet's fusions upsample by exact powers of two, so its input sides must divide by 32:
+        # pad with 0 (the mean colour after normalisation), then cut each map back to the cells
+        # that cover the image.
+        multiple = max(self.strides.values())
+        images = F.pad(images, (0, -width % multiple, 0, -height % multiple))
+        return {
+            name: fmap[..., : -(-height // self.strides[name]), : -(-width // self.strides[name])]
+            for name, fmap in zip(self.out_channels, self.body(images))
+        }
+
+
+# --------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------
 
@@ -302,18 +364,20 @@ def _small(pretrained: bool, width: int) -> Backbone:
     if pretrained:
         raise BestieError(
             "the 'small' backbone has no ImageNet weights: set `pretrained: false`, or choose "
-            "a torchvision backbone"
+            "another backbone"
         )
     return SmallBackbone(width)
 
 
 # name -> builder(pretrained, width). ``width`` sizes the backbones built to any width (small);
-# the torchvision layouts have fixed widths and ignore it.
+# the torchvision and timm layouts have fixed widths and ignore it.
 BACKBONES: dict[str, Callable[[bool, int], Backbone]] = {
     "small": _small,
     "resnet50": lambda pretrained, width: ResNetBackbone(50, pretrained),
     "resnet101": lambda pretrained, width: ResNetBackbone(101, pretrained),
     "vgg16": lambda pretrained, width: VGG16Backbone(pretrained),
+    "hrnet_w32": lambda pretrained, width: HRNetBackbone("hrnet_w32", pretrained),
+    "hrnet_w48": lambda pretrained, width: HRNetBackbone("hrnet_w48", pretrained),
 }
 
 

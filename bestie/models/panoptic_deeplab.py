@@ -30,6 +30,9 @@ __all__ = [
     "DecoderSpec",
     "BestieNet",
     "default_decoder_specs",
+    "build_decoder",
+    "set_bn_momentum",
+    "resize",
 ]
 
 
@@ -194,19 +197,40 @@ def default_decoder_specs(backbone: Backbone) -> tuple[DecoderSpec, DecoderSpec]
     """(semantic, instance) specs: Panoptic-DeepLab's widths, compact ones for a compact backbone.
 
     Panoptic-DeepLab's ASPP rates (6, 12, 18) are for output stride 16 and ~500 px crops;
-    they double at stride 8. A compact backbone (the small one) sees ~128 px images at
-    stride 8 (~16 cells), where rates (2, 4, 6) still fall inside the map.
+    they scale with the deepest map's cell: (12, 24, 36) at stride 8, (3, 6, 9) at stride 32
+    (its HRNet setting). The low-level projections halve from coarse to fine, the finest
+    keeping 32 (semantic) and 16 (instance) channels, however many maps the backbone fuses.
+    A compact backbone (the small one) sees ~128 px images at stride 8 (~16 cells), where
+    rates (2, 4, 6) still fall inside the map.
     """
     if backbone.compact:
         rates = (2, 4, 6)
         return (DecoderSpec(64, (32, 16), 64, rates, separable=False),
                 DecoderSpec(64, (32, 16), 32, rates, separable=False))
-    scale = 16 // backbone.strides[backbone.deepest] or 1
-    rates = (6 * scale, 12 * scale, 18 * scale)
-    return DecoderSpec(256, (64, 32), 256, rates), DecoderSpec(128, (32, 16), 32, rates)
+    stride = backbone.strides[backbone.deepest]
+    rates = tuple(rate * 16 // stride for rate in (6, 12, 18))
+    halving = [2 ** k for k in reversed(range(len(backbone.low_level)))]
+    return (DecoderSpec(256, tuple(32 * f for f in halving), 256, rates),
+            DecoderSpec(128, tuple(16 * f for f in halving), 32, rates))
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+def build_decoder(backbone: Backbone, spec: DecoderSpec) -> Decoder:
+    """A :class:`Decoder` of ``spec``'s widths over ``backbone``'s deepest and low-level features."""
+    return Decoder(backbone.out_channels, backbone.deepest, backbone.low_level,
+                   spec.project_channels, spec.channels, spec.aspp_rates, spec.separable)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
+    """Set every BatchNorm's momentum (PyTorch convention); None leaves them as they are."""
+    if momentum is None:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = momentum
+
+
+def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, K, h, w] -> [B, K, *size], bilinear (align_corners=False)."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
@@ -241,20 +265,12 @@ class BestieNet(nn.Module):
             backbone = build_backbone(backbone, pretrained)
         self.backbone = backbone
         semantic, instance = default_decoder_specs(backbone)
-
-        def decoder(spec: DecoderSpec) -> Decoder:
-            return Decoder(backbone.out_channels, backbone.deepest, backbone.low_level,
-                           spec.project_channels, spec.channels, spec.aspp_rates, spec.separable)
-
-        self.semantic_decoder = decoder(semantic)
-        self.instance_decoder = decoder(instance)
+        self.semantic_decoder = build_decoder(backbone, semantic)
+        self.instance_decoder = build_decoder(backbone, instance)
         self.seg_head = Head(semantic.channels, semantic.head_channels, num_classes + 1, semantic.separable)
         self.center_head = Head(instance.channels, instance.head_channels, num_classes, instance.separable)
         self.offset_head = Head(instance.channels, instance.head_channels, 2, instance.separable)
-        if bn_momentum is not None:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.momentum = bn_momentum
+        set_bn_momentum(self, bn_momentum)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """images [B, 3, H, W] -> {"seg": [B, C+1, H, W], "center": [B, C, H, W],
@@ -268,7 +284,7 @@ class BestieNet(nn.Module):
         offset = self.offset_head(instance)
         cell = offset.new_tensor([size[0] / offset.shape[-2], size[1] / offset.shape[-1]])
         return {
-            "seg": _resize(self.seg_head(semantic), size),
-            "center": _resize(self.center_head(instance), size),
-            "offset": _resize(offset, size) * cell.view(1, 2, 1, 1),
+            "seg": resize(self.seg_head(semantic), size),
+            "center": resize(self.center_head(instance), size),
+            "offset": resize(offset, size) * cell.view(1, 2, 1, 1),
         }

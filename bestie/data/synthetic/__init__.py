@@ -1,4 +1,4 @@
-"""The embedded synthetic dataset, in the PASCAL VOC 2012 layout.
+"""The synthetic datasets (the embedded one and a held-out style), in the PASCAL VOC 2012 layout.
 
 Small enough to run the whole pipeline on a laptop CPU, hard enough that weak supervision
 is a real problem:
@@ -16,7 +16,13 @@ is a real problem:
 Every image is a pure function of ``(params, split, index)`` with its own seeded
 generator, so the dataset is byte-identical for the same params.
 
-The package: :mod:`~bestie.data.synthetic.appearance` (shapes, textures, colours),
+``synthesize.style`` picks how the images look (:data:`STYLES`): ``embedded`` (the default, on
+which the defaults were chosen) or ``heldout`` (other shapes, textures, sizes and clutter, never
+tuned on); the scene composition above is shared.
+
+The package: :mod:`~bestie.data.synthetic.appearance` (the embedded style's shapes, textures and
+background; the colours of every style), :mod:`~bestie.data.synthetic.heldout` (the held-out
+style's looks), :mod:`~bestie.data.synthetic.styles` (the style registry),
 :mod:`~bestie.data.synthetic.scene` (one image and its masks), :mod:`~bestie.data.synthetic.dataset`
 (the dataset on disk, and its statistics).
 """
@@ -24,9 +30,11 @@ The package: :mod:`~bestie.data.synthetic.appearance` (shapes, textures, colours
 from bestie.data.synthetic.appearance import CLASS_NAMES
 from bestie.data.synthetic.dataset import dataset_statistics, generate, statistics_from_root
 from bestie.data.synthetic.scene import SyntheticImage, render_image, void_band
+from bestie.data.synthetic.styles import STYLES
 
 __all__ = [
     "CLASS_NAMES",
+    "STYLES",
     "SyntheticImage",
     "render_image",
     "void_band",

@@ -1,4 +1,4 @@
-"""What the synthetic dataset's objects and clutter look like: shapes, textures, hue families.
+"""What the embedded style's objects, clutter and background look like, and the colours of every style.
 
 Class c is the shape ``CLASS_SHAPES[c]`` filled with the texture ``CLASS_TEXTURES[c]`` in a
 family of hues around its own (:func:`class_hues`); clutter takes the distractor shapes and
@@ -16,15 +16,23 @@ import numpy as np
 
 __all__ = [
     "CLASS_NAMES", "CLASS_SHAPES", "DISTRACTOR_SHAPES", "CLASS_TEXTURES", "DISTRACTOR_TEXTURES",
-    "EXTENT", "ANY_HUE", "unit_area", "waves", "random_colour", "class_hues", "two_tones",
+    "EXTENT", "ANY_HUE", "ShapeFn", "TextureFn", "rotate", "unit_area", "waves", "random_colour",
+    "class_hues", "two_tones", "embedded_background",
 ]
 
 CLASS_NAMES = ("disc", "box", "triangle", "star", "ring", "cross")
-# Every shape lies within this many radii of its centre (the box's corners: sqrt 2).
+# Every shape, of every style, lies within this many radii of its centre (the box's corners: sqrt 2).
 EXTENT = 1.45
 
 # A shape is a predicate on normalised, rotated coordinates (u, v): [h, w] -> bool [h, w].
 ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+# -- geometry --------------------------------------------------------------------------
+def rotate(dy: np.ndarray, dx: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (dy, dx) expressed along axes turned by ``angle``: (u, v), broadcast."""
+    cos, sin = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+    return dx * cos + dy * sin, dy * cos - dx * sin
 
 
 # -- shapes ----------------------------------------------------------------------------
@@ -176,3 +184,31 @@ def two_tones(
         return base, base * rng.uniform(0.25, 0.5)
     return base, base + (1.0 - base) * rng.uniform(0.45, 0.75)
 
+
+# -- background --------------------------------------------------------------------------
+def embedded_background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A muted two-colour field of smooth noise, a light gradient and a faint pattern."""
+    height, width = size
+    dy = np.arange(height, dtype=np.float32)[:, None] - height / 2
+    dx = np.arange(width, dtype=np.float32)[None, :] - width / 2
+    # Smooth noise: a few random plane waves of 40-150 px wavelength.
+    field = np.zeros(size, dtype=np.float32)
+    for _ in range(4):
+        u, _ = rotate(dy, dx, rng.uniform(0, 2 * math.pi))
+        field += np.sin(2 * math.pi * u / rng.uniform(40, 150) + rng.uniform(0, 2 * math.pi))
+    field = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
+    grey = np.float32(0.5)
+    near, far = (grey + (random_colour(rng) - grey) * rng.uniform(0.3, 0.8) for _ in range(2))
+    canvas = near + (far - near) * field[..., None]
+    u, _ = rotate(dy, dx, rng.uniform(0, 2 * math.pi))
+    canvas *= (1.0 + rng.uniform(-0.4, 0.4) * u / max(size))[..., None]
+    # A faint class-free pattern.
+    u, v = rotate(dy, dx, rng.uniform(0, 2 * math.pi))
+    period = rng.uniform(8, 20)
+    pattern = (
+        lambda: ((u / period) % 1.0 < 0.15) | ((v / period) % 1.0 < 0.15),
+        lambda: ((u / period) % 1.0 < 0.3) + np.zeros_like(v),
+        lambda: waves(u, v, period, rng),
+    )[rng.integers(3)]()
+    canvas += (rng.uniform(0.03, 0.08) * (pattern - 0.5))[..., None]
+    return canvas

@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from bestie.config import SynthesizeParams
 from bestie.data.png import read_label_png, write_label_png
-from bestie.data.synthetic.appearance import CLASS_NAMES
 from bestie.data.synthetic.scene import SyntheticImage, render_image
+from bestie.data.synthetic.styles import STYLES
 from bestie.structures import IGNORE
 
 __all__ = ["generate", "dataset_statistics", "statistics_from_root"]
@@ -53,7 +53,7 @@ def _annotation(
 def generate(root: str | os.PathLike, params: SynthesizeParams) -> None:
     """Write the whole dataset in the VOC 2012 layout into the existing, empty ``root``."""
     root = Path(root)
-    class_names = CLASS_NAMES[: params.num_classes]
+    class_names = STYLES[params.style].class_names[: params.num_classes]
     folders = ("JPEGImages", "SegmentationClass", "SegmentationObject", "Annotations")
     for sub in (*folders, "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 """One synthetic image and its VOC masks: poses, painting, scene layout, the void band.
 
 :func:`render_image` is a pure function of ``(params, split, index)``: every random draw
-comes from one generator seeded with them, in a fixed order.
+comes from one generator seeded with them, in a fixed order. The composition here is shared
+by every style; what the style (``params.style``, :data:`~bestie.data.synthetic.styles.STYLES`)
+decides is drawn through its hooks.
 """
 
 from __future__ import annotations
@@ -17,34 +19,26 @@ from scipy import ndimage
 from bestie.config import SynthesizeParams
 from bestie.data.synthetic.appearance import (
     ANY_HUE,
-    CLASS_SHAPES,
-    CLASS_TEXTURES,
-    DISTRACTOR_SHAPES,
-    DISTRACTOR_TEXTURES,
     EXTENT,
     ShapeFn,
     TextureFn,
     class_hues,
-    random_colour,
+    rotate,
     two_tones,
     unit_area,
-    waves,
 )
+from bestie.data.synthetic.styles import STYLES, EmbeddedStyle
 from bestie.structures import IGNORE
 
 __all__ = ["SyntheticImage", "render_image", "void_band"]
 
 
-# An instance is kept only if occlusion leaves this much of it visible.
-MIN_VISIBLE_FRACTION = 0.5
+# An instance is kept only if occlusion leaves this many pixels of it visible (and the
+# style's share of its area).
 MIN_VISIBLE_PIXELS = 80
 # An instance the void band shrinks below this is voided whole (the pipeline ignores
 # components smaller than 50 px anyway).
 MIN_LABELLED_PIXELS = 50
-# Instance area as a share of min(H, W)^2, sampled log-uniformly.
-AREA_SHARE = (0.03, 0.10)
-# Texture period in px.
-PERIOD = (5.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -86,7 +80,7 @@ def _rasterise(shape: ShapeFn, pose: _Pose, size: tuple[int, int]) -> _Footprint
         return None
     dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(pose.cy)
     dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(pose.cx)
-    u, v = _rotate(dy, dx, pose.angle)
+    u, v = rotate(dy, dx, pose.angle)
     mask = shape(u / (pose.radius * pose.aspect), v * (pose.aspect / pose.radius))
     return _Footprint((slice(y0, y1), slice(x0, x1)), mask, dy, dx)
 
@@ -94,12 +88,6 @@ def _rasterise(shape: ShapeFn, pose: _Pose, size: tuple[int, int]) -> _Footprint
 def _reach(pose: _Pose) -> float:
     """The pose's longest half-axis in px, before the shape's own extent."""
     return pose.radius * max(pose.aspect, 1 / pose.aspect)
-
-
-def _rotate(dy: np.ndarray, dx: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (dy, dx) expressed along axes turned by ``angle``: (u, v), broadcast."""
-    cos, sin = np.float32(math.cos(angle)), np.float32(math.sin(angle))
-    return dx * cos + dy * sin, dy * cos - dx * sin
 
 
 def _overlaps(a: _Footprint, b: _Footprint) -> bool:
@@ -120,78 +108,52 @@ def _paint(
     texture: TextureFn,
     rng: np.random.Generator,
     radius: float,
+    period_range: tuple[float, float],
     hues: tuple[float, float] = ANY_HUE,
 ) -> None:
     """Fill ``footprint`` on ``canvas`` [H, W, 3] with a two-tone texture under soft light."""
     tone_a, tone_b = two_tones(rng, hues)
-    period = rng.uniform(*PERIOD)
-    u, v = _rotate(footprint.dy, footprint.dx, rng.uniform(0, 2 * math.pi))
+    period = rng.uniform(*period_range)
+    u, v = rotate(footprint.dy, footprint.dx, rng.uniform(0, 2 * math.pi))
     mix = texture(u + rng.uniform(0, period), v + rng.uniform(0, period), period, rng)
-    light_u, _ = _rotate(footprint.dy, footprint.dx, rng.uniform(0, 2 * math.pi))
+    light_u, _ = rotate(footprint.dy, footprint.dx, rng.uniform(0, 2 * math.pi))
     shade = 1.0 + rng.uniform(0.0, 0.3) * np.clip(light_u / radius, -1.0, 1.0)
     fill = (tone_a + (tone_b - tone_a) * mix[..., None]) * shade[..., None]
     canvas[footprint.window][footprint.mask] = fill[footprint.mask]
 
 
-def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """A muted two-colour field of smooth noise, a light gradient and a faint pattern."""
-    height, width = size
-    dy = np.arange(height, dtype=np.float32)[:, None] - height / 2
-    dx = np.arange(width, dtype=np.float32)[None, :] - width / 2
-    # Smooth noise: a few random plane waves of 40-150 px wavelength.
-    field = np.zeros(size, dtype=np.float32)
-    for _ in range(4):
-        u, _ = _rotate(dy, dx, rng.uniform(0, 2 * math.pi))
-        field += np.sin(2 * math.pi * u / rng.uniform(40, 150) + rng.uniform(0, 2 * math.pi))
-    field = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
-    grey = np.float32(0.5)
-    near, far = (grey + (random_colour(rng) - grey) * rng.uniform(0.3, 0.8) for _ in range(2))
-    canvas = near + (far - near) * field[..., None]
-    u, _ = _rotate(dy, dx, rng.uniform(0, 2 * math.pi))
-    canvas *= (1.0 + rng.uniform(-0.4, 0.4) * u / max(size))[..., None]
-    # A faint class-free pattern.
-    u, v = _rotate(dy, dx, rng.uniform(0, 2 * math.pi))
-    period = rng.uniform(8, 20)
-    pattern = (
-        lambda: ((u / period) % 1.0 < 0.15) | ((v / period) % 1.0 < 0.15),
-        lambda: ((u / period) % 1.0 < 0.3) + np.zeros_like(v),
-        lambda: waves(u, v, period, rng),
-    )[rng.integers(3)]()
-    canvas += (rng.uniform(0.03, 0.08) * (pattern - 0.5))[..., None]
-    return canvas
-
-
 def _paint_distractors(
-    rng: np.random.Generator, canvas: np.ndarray, count: int, scale: float
+    rng: np.random.Generator, canvas: np.ndarray, count: int, scale: float, style: EmbeddedStyle
 ) -> None:
     """Paint ``count`` class-free shapes: clutter that stays background in the masks."""
     size = canvas.shape[:2]
+    shapes, textures = style.distractor_shapes, style.distractor_textures
     for _ in range(count):
-        shape = DISTRACTOR_SHAPES[rng.integers(len(DISTRACTOR_SHAPES))](rng)
+        shape = shapes[rng.integers(len(shapes))](rng)
         radius = scale * rng.uniform(0.1, 0.22)
         centre = (rng.uniform(0, size[0]), rng.uniform(0, size[1]))
         pose = _Pose(*centre, radius, 1.0, rng.uniform(0, 2 * math.pi))
         footprint = _rasterise(shape, pose, size)
         if footprint is not None:
-            texture = DISTRACTOR_TEXTURES[rng.integers(len(DISTRACTOR_TEXTURES))]
-            _paint(canvas, footprint, texture, rng, radius)
+            texture = textures[rng.integers(len(textures))]
+            _paint(canvas, footprint, texture, rng, radius, style.texture_period)
 
 
 # -- scene layout ------------------------------------------------------------------------
-def _min_visible(area: np.ndarray | float) -> np.ndarray:
-    return np.maximum(MIN_VISIBLE_FRACTION * np.asarray(area), MIN_VISIBLE_PIXELS)
-
-
 class _Stack:
     """Instances stacked in painting order, and who of them is visible where."""
 
-    def __init__(self, size: tuple[int, int]) -> None:
+    def __init__(self, size: tuple[int, int], min_visible_fraction: float) -> None:
+        self.min_visible_fraction = min_visible_fraction
         self.owner = np.zeros(size, dtype=np.uint8)  # 0 background, k instance k
         self.footprints: list[_Footprint] = []
         self.poses: list[_Pose] = []
         self.classes: list[int] = []
         self.areas: list[float] = []  # full (unoccluded, untruncated) areas
         self.visible: list[int] = []
+
+    def _min_visible(self, area: np.ndarray | float) -> np.ndarray:
+        return np.maximum(self.min_visible_fraction * np.asarray(area), MIN_VISIBLE_PIXELS)
 
     def push(
         self, footprint: _Footprint | None, pose: _Pose, class_index: int, area: float
@@ -200,12 +162,12 @@ class _Stack:
         if footprint is None:
             return False
         own = int(footprint.mask.sum())  # the window is clipped to the image
-        if own < _min_visible(area):
+        if own < self._min_visible(area):
             return False
         covered = self.owner[footprint.window][footprint.mask]
         lost = np.bincount(covered, minlength=len(self.visible) + 1)[1:]
         visible = np.asarray(self.visible, dtype=np.int64) - lost
-        if (visible < _min_visible(np.asarray(self.areas))).any():
+        if (visible < self._min_visible(np.asarray(self.areas))).any():
             return False
         self.owner[footprint.window][footprint.mask] = len(self.visible) + 1
         self.visible = [*visible.tolist(), own]
@@ -217,11 +179,10 @@ class _Stack:
 
 
 def _sample_shape_pose(
-    rng: np.random.Generator, shape: ShapeFn, scale: float, centre: tuple[float, float]
+    rng: np.random.Generator, shape: ShapeFn, scale: float, centre: tuple[float, float], style: EmbeddedStyle
 ) -> tuple[_Pose, float]:
     """A random size, stretch and turn for ``shape``; returns the pose and the shape's area."""
-    low, high = AREA_SHARE
-    area = scale * scale * math.exp(rng.uniform(math.log(low), math.log(high)))
+    area = scale * scale * style.area_share(rng)
     area = max(area, 2.0 * MIN_VISIBLE_PIXELS)  # tiny images: still worth keeping
     radius = math.sqrt(area / unit_area(shape))
     stretch, angle = math.exp(rng.uniform(-0.3, 0.3)), rng.uniform(0, 2 * math.pi)
@@ -229,32 +190,38 @@ def _sample_shape_pose(
 
 
 def _push_random(
-    rng: np.random.Generator, stack: _Stack, class_index: int, scale: float, tries: int = 20
+    rng: np.random.Generator,
+    stack: _Stack,
+    class_index: int,
+    scale: float,
+    style: EmbeddedStyle,
+    tries: int = 20,
 ) -> bool:
-    """Drop an instance at random places until it fits the stack.
-
-    The first instance goes in the middle half of the image, where it always fits, so no
-    image is left without instances.
-    """
-    shape, size = CLASS_SHAPES[class_index], stack.owner.shape
-    low, high = (0.25, 0.75) if not stack.classes else (0.0, 1.0)
+    """Drop an instance at places the style picks until it fits the stack."""
+    shape, size = style.class_shapes[class_index], stack.owner.shape
+    placed = [(pose.cy, pose.cx, pose.radius) for pose in stack.poses]
     for _ in range(tries):
-        centre = (rng.uniform(low, high) * size[0], rng.uniform(low, high) * size[1])
-        pose, area = _sample_shape_pose(rng, shape, scale, centre)
+        centre = style.centre(rng, size, placed)
+        pose, area = _sample_shape_pose(rng, shape, scale, centre, style)
         if stack.push(_rasterise(shape, pose, size), pose, class_index, area):
             return True
     return False
 
 
 def _touching_pair(
-    rng: np.random.Generator, size: tuple[int, int], class_index: int, scale: float, tries: int = 10
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    class_index: int,
+    scale: float,
+    style: EmbeddedStyle,
+    tries: int = 10,
 ) -> _Stack | None:
     """Two instances of one class, the second slid in until it meets (or just covers) the first."""
-    shape = CLASS_SHAPES[class_index]
+    shape = style.class_shapes[class_index]
     for _ in range(tries):
         centre = (rng.uniform(0.3, 0.7) * size[0], rng.uniform(0.3, 0.7) * size[1])
-        pose, area = _sample_shape_pose(rng, shape, scale, centre)
-        partner, partner_area = _sample_shape_pose(rng, shape, scale, centre)
+        pose, area = _sample_shape_pose(rng, shape, scale, centre, style)
+        partner, partner_area = _sample_shape_pose(rng, shape, scale, centre, style)
         heading = rng.uniform(0, 2 * math.pi)
         overlap_px = rng.uniform(0.0, 2.5)
         first = _rasterise(shape, pose, size)
@@ -277,7 +244,7 @@ def _touching_pair(
             middle = (near + far) / 2
             near, far = (middle, far) if meets(middle) else (near, middle)
         second, footprint = at(max(near - overlap_px, 0.0))
-        stack = _Stack(size)
+        stack = _Stack(size, style.min_visible_fraction)
         if stack.push(first, pose, class_index, area) and stack.push(
             footprint, second, class_index, partner_area
         ):
@@ -345,24 +312,26 @@ def _split_code(split: str) -> int:
 
 def render_image(params: SynthesizeParams, split: str, index: int) -> SyntheticImage:
     """Render image ``index`` of ``split``: a pure function of its arguments."""
+    style = STYLES[params.style]
     rng = np.random.default_rng([params.seed, _split_code(split), index])
     height, width = rng.integers(params.min_side, params.max_side + 1, size=2).tolist()
     size, scale = (height, width), float(min(height, width))
-    canvas = _background(rng, size)
-    _paint_distractors(rng, canvas, int(rng.integers(0, params.distractors + 1)), scale)
+    canvas = style.background(rng, size)
+    _paint_distractors(rng, canvas, int(rng.integers(0, params.distractors + 1)), scale, style)
 
     pair = params.max_instances >= 2 and _forces_pair(index, params.touching_share)
     plan = _plan_classes(rng, params, pair)
-    stack = _touching_pair(rng, size, plan[0], scale) if pair else None
+    stack = _touching_pair(rng, size, plan[0], scale, style) if pair else None
     if stack is None:  # no pair asked for, or none fitted: place everything at random
-        stack = _Stack(size)
+        stack = _Stack(size, style.min_visible_fraction)
     else:
         plan = plan[2:]
     for class_index in plan:
-        _push_random(rng, stack, class_index, scale)
+        _push_random(rng, stack, class_index, scale, style)
     for class_index, footprint, pose in zip(stack.classes, stack.footprints, stack.poses):
         hues = class_hues(class_index, params.num_classes, params.hue_spread)
-        _paint(canvas, footprint, CLASS_TEXTURES[class_index], rng, pose.radius, hues)
+        texture = style.class_textures[class_index]
+        _paint(canvas, footprint, texture, rng, pose.radius, style.texture_period, hues)
 
     # A touch of blur and sensor noise, so edges and flat areas look photographed.
     canvas = ndimage.gaussian_filter(canvas, sigma=(0.5, 0.5, 0.0))

@@ -13,25 +13,35 @@ ROOT/classes.txt                  optional: class names in label order (else the
 Every fault a user can make in such a folder raises :class:`BestieError` naming the file.
 Images without masks are allowed (e.g. the SBD ``train_aug`` images) as long as their
 image-level labels can come from ``Annotations``; evaluation splits need masks.
+
+:class:`VOCSource` is this format behind :class:`bestie.data.sources.base.DatasetSource`: the
+``prepare`` stage's only way in. Image ids are 1-based positions in the split file (VOC has
+no numeric ids), category ids are class index + 1.
 """
 
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from bestie.data.png import read_label_png
+from bestie.data.precomputed import read_point_file
+from bestie.data.sources.base import SourceImage, interior_points
 from bestie.errors import BestieError
 from bestie.io import read_image
 from bestie.structures import IGNORE, GroundTruth
 
-__all__ = ["VOC_CLASSES", "VOCDataset", "interior_points", "read_class_names"]
+if TYPE_CHECKING:
+    from bestie.config import DataParams
+
+__all__ = ["VOC_CLASSES", "VOCDataset", "VOCSource", "read_class_names"]
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -63,32 +73,6 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
     if len(names) > 254:
         raise BestieError(f"{path}: {len(names)} classes; label PNGs hold at most 254")
     return names
-
-
-def interior_points(masks: np.ndarray) -> np.ndarray:
-    """One point inside each mask: its pixel farthest from the mask border.
-
-    That is where an annotator clicking "the middle of the object" lands, and unlike the
-    centroid it is always inside, also for rings and crescents. Ties go to the first pixel
-    in raster order, so the result is deterministic.
-
-    Args:
-        masks: [N, H, W] bool.
-    Returns:
-        [N, 2] float32 (x, y).
-    """
-    points = np.zeros((len(masks), 2), dtype=np.float32)
-    for i, mask in enumerate(masks):  # a handful of instances an image
-        ys, xs = np.nonzero(mask)
-        if len(ys) == 0:
-            raise ValueError(f"mask {i} is empty")
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        # Pad the box by one so pixels on the box edge see the outside as border.
-        crop = np.pad(mask[y0:y1, x0:x1], 1)
-        distance = ndimage.distance_transform_edt(crop)
-        y, x = np.unravel_index(np.argmax(distance), distance.shape)
-        points[i] = (x0 + x - 1, y0 + y - 1)
-    return points
 
 
 class VOCDataset:
@@ -205,8 +189,10 @@ class VOCDataset:
         SegmentationClass without any instance of it in SegmentationObject (the image would
         keep the class as a label, with no instance or point to learn or evaluate it by).
         """
-        class_map = self.read_class_map(image_id)
-        object_map = self.read_object_map(image_id)
+        return self.instances(image_id, self.read_class_map(image_id), self.read_object_map(image_id))
+
+    def instances(self, image_id: str, class_map: np.ndarray, object_map: np.ndarray) -> GroundTruth:
+        """:meth:`ground_truth` of the image's already read class and object maps."""
         instance_ids = np.setdiff1d(np.unique(object_map), [0, IGNORE])
         masks = object_map[None] == instance_ids[:, None, None]
         classes = np.zeros(len(instance_ids), dtype=np.int64)
@@ -245,10 +231,11 @@ class VOCDataset:
             labels.add(index[name])
         return sorted(labels)
 
-    def image_labels(self, image_id: str) -> list[int]:
-        """Sorted class indices present in the image: from the masks, else from Annotations."""
-        if self.has_masks(image_id):
-            values = np.unique(self.read_class_map(image_id))
+    def image_labels(self, image_id: str, class_map: np.ndarray | None = None) -> list[int]:
+        """Sorted class indices present in the image: from the masks (``class_map`` if already
+        read), else from Annotations."""
+        if class_map is not None or self.has_masks(image_id):
+            values = np.unique(self.read_class_map(image_id) if class_map is None else class_map)
             return [int(v) - 1 for v in values if v not in (0, IGNORE)]
         if self.annotation_path(image_id).is_file():
             return self.annotation_labels(image_id)
@@ -257,8 +244,9 @@ class VOCDataset:
             f"{self.annotation_path(image_id).name} to take its labels from"
         )
 
-    def points(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """One point per object: ``Center_points/ID.txt`` if present, else interior points.
+    def points(self, image_id: str, gt: GroundTruth | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One point per object: ``Center_points/ID.txt`` if present, else interior points
+        (of ``gt`` if already read).
 
         Returns:
             points_xy [K, 2] float32, classes [K] int64.
@@ -266,22 +254,66 @@ class VOCDataset:
         path = self.center_points_path(image_id)
         if path.is_file():
             return self._read_center_points(path)
-        if not self.has_masks(image_id):
+        if gt is None and not self.has_masks(image_id):
             raise BestieError(
                 f"{path}: no point labels for image {image_id} (no Center_points file and no masks)"
             )
-        gt = self.ground_truth(image_id)
+        gt = self.ground_truth(image_id) if gt is None else gt
         return interior_points(gt.masks), gt.classes
 
     def _read_center_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
-        try:
-            table = np.array([[float(v) for v in row[:3]] for row in rows], dtype=np.float64).reshape(-1, 3)
-        except ValueError:
-            raise BestieError(f"{path}: expected lines 'x y class_index score'") from None
-        if any(len(row) < 3 for row in rows):
-            raise BestieError(f"{path}: expected lines 'x y class_index score'")
-        classes = table[:, 2].astype(np.int64)
-        if ((classes < 0) | (classes >= self.num_classes)).any():
-            raise BestieError(f"{path}: class index out of range 0..{self.num_classes - 1}")
-        return table[:, :2].astype(np.float32), classes
+        table = read_point_file(path, self.num_classes)
+        return table[:, :2], table[:, 2].astype(np.int64)
+
+
+class VOCSource:
+    """A VOC2012-format root as a :class:`~bestie.data.sources.base.DatasetSource`.
+
+    Args:
+        root: the dataset folder.
+        split_names: the split file names (``ImageSets/Segmentation/<name>.txt``) of the
+            logical splits ``train`` and ``val``.
+    """
+
+    def __init__(self, root: str | os.PathLike, split_names: dict[str, str]) -> None:
+        self.root = Path(root)
+        self.split_names = dict(split_names)
+
+    @classmethod
+    def from_params(cls, data: DataParams) -> VOCSource:
+        return cls(data.root, {"train": data.train_split, "val": data.val_split})
+
+    def _split(self, split: str) -> VOCDataset:
+        return VOCDataset(self.root, self.split_names[split])
+
+    @cached_property
+    def class_names(self) -> tuple[str, ...]:
+        return self._split("train").class_names
+
+    @property
+    def category_ids(self) -> tuple[int, ...]:
+        return tuple(range(1, len(self.class_names) + 1))
+
+    def num_images(self, split: str) -> int:
+        return len(self._split(split))
+
+    def images(self, split: str, need_masks: bool) -> Iterator[SourceImage]:
+        dataset = self._split(split)
+        for index, name in enumerate(dataset.ids):
+            pixels = dataset.read_image(name)  # decodes fully: catches truncated files
+            height, width = pixels.shape[:2]
+            has_masks = dataset.has_masks(name)
+            if need_masks and not has_masks:
+                raise BestieError(f"{dataset.class_mask_path(name)}: mask not found for image {name}")
+            gt = class_map = object_map = points = None
+            if has_masks:
+                class_map, object_map = dataset.read_class_map(name), dataset.read_object_map(name)
+                gt = dataset.instances(name, class_map, object_map)
+            if has_masks or dataset.center_points_path(name).is_file():
+                xy, classes = dataset.points(name, gt)
+                points = np.concatenate([xy, classes[:, None].astype(np.float32)], axis=1)
+            yield SourceImage(
+                name=name, file_name=f"{name}.jpg", path=dataset.image_path(name), image_id=index + 1,
+                width=width, height=height, labels=tuple(dataset.image_labels(name, class_map)), points=points,
+                ground_truth=gt, crowd=None, class_map=class_map, object_map=object_map,
+            )

@@ -1,0 +1,47 @@
+"""A DeepLab-style semantic segmentation network: the seed's second WSSS step (docs/method.md §2).
+
+::
+
+    images -> backbone -> decoder (ASPP + low-level fusions) -> segmentation head (C+1) -> upsample
+
+The backbone, decoder and head are BESTIE's semantic branch (:mod:`~bestie.models.panoptic_deeplab`)
+without the instance branch.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from bestie.models.backbones import Backbone, build_backbone
+from bestie.models.panoptic_deeplab import Head, build_decoder, default_decoder_specs, resize, set_bn_momentum
+
+__all__ = ["SegmentationNet"]
+
+
+class SegmentationNet(nn.Module):
+    """Backbone + semantic decoder + segmentation head.
+
+    Args:
+        num_classes: C, foreground classes.
+        backbone: a name for :func:`build_backbone` or a :class:`Backbone` instance.
+        pretrained: ImageNet initialisation of a named backbone.
+        bn_momentum: momentum of every BatchNorm; None keeps PyTorch's 0.1.
+
+    forward(images [B, 3, H, W]) returns {"seg": [B, C+1, H, W] logits}, channel 0 background.
+    """
+
+    def __init__(
+        self, num_classes: int, backbone: str | Backbone = "small", pretrained: bool = False,
+        *, bn_momentum: float | None = None,
+    ):
+        super().__init__()
+        if isinstance(backbone, str):
+            backbone = build_backbone(backbone, pretrained)
+        self.backbone = backbone
+        spec, _ = default_decoder_specs(backbone)  # BESTIE's semantic branch
+        self.decoder = build_decoder(backbone, spec)
+        self.seg_head = Head(spec.channels, spec.head_channels, num_classes + 1, spec.separable)
+        set_bn_momentum(self, bn_momentum)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {"seg": resize(self.seg_head(self.decoder(self.backbone(images))), images.shape[-2:])}
