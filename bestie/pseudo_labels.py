@@ -8,6 +8,7 @@ semantic knowledge transfer (:mod:`bestie.transfer`) compactly: one instance-id 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,12 @@ __all__ = ["save_pseudo_labels", "load_pseudo_label", "load_records"]
 RECORDS = "instances.json"
 
 
-def save_pseudo_labels(directory: str | os.PathLike, results: dict[str, PseudoLabel]) -> None:
-    """Write ``<name>.png`` per image and one ``instances.json`` into ``directory``."""
+def save_pseudo_labels(directory: str | os.PathLike, results: Iterable[tuple[str, PseudoLabel]]) -> None:
+    """Write ``<name>.png`` per image as ``results`` yields ``(name, pseudo label)``, then one
+    ``instances.json`` (classes and centers) into ``directory``."""
     directory = Path(directory)
     records = {}
-    for name, result in results.items():
+    for name, result in results:
         if result.num_instances > 254:
             raise BestieError(f"{name}: {result.num_instances} pseudo instances; a label PNG holds 254")
         write_label_png(directory / f"{name}.png", result.instance_map.astype(np.uint8))

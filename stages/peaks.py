@@ -79,7 +79,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     gt = ground_truth_by_image(read_json(args.train_gt))
     measured = [i for i, record in enumerate(records) if record.image_id in gt]
     stats = peak_statistics(
-        [peaks[i] for i in measured], [gt[records[i].image_id] for i in measured], params.peaks.pseudo_thresh
+        (peaks[i] for i in measured), (gt[records[i].image_id] for i in measured), params.peaks.pseudo_thresh
     )
     with atomic_dir(args.out, replace=True) as tmp:
         write_peaks(Path(tmp) / "peaks.tsv", [r.name for r in records], peaks)

@@ -6,21 +6,23 @@
 """
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from bestie.config import Params
 from bestie.coco import ground_truth_by_image
-from bestie.data.manifest import class_map_path, load_manifest, object_map_path
+from bestie.config import Params
+from bestie.data.manifest import ImageRecord, class_map_path, load_manifest, object_map_path
 from bestie.data.png import read_label_png
 from bestie.errors import BestieError
 from bestie.io import atomic_dir, read_json, write_metrics
-from bestie.metrics.instances import transfer_metrics
+from bestie.metrics.instances import TransferTally
 from bestie.peaks import read_peaks
 from bestie.pseudo_labels import save_pseudo_labels
 from bestie.stage import add_arguments, run_stage
+from bestie.structures import PseudoLabel
 from bestie.transfer import filter_points, instances_from_ground_truth, semantic_knowledge_transfer
 
 NO_PEAKS = np.zeros((0, 4), dtype=np.float32)
@@ -31,18 +33,16 @@ def main(params: Params, args: argparse.Namespace) -> None:
     train_gt = ground_truth_by_image(read_json(Path(args.prepared) / "train_gt.json"))
     peaks = read_peaks(args.peaks)
     options = params.pseudo_labels
-    results, ground_truth = {}, {}
-    for record in tqdm(manifest.train, desc="pseudo labels", disable=None):
-        if record.has_masks:
-            ground_truth[record.name] = train_gt[record.image_id]
+    tally = TransferTally()
+
+    def pseudo_label(record: ImageRecord) -> PseudoLabel:
         if params.supervision == "full":
             if not record.has_masks:
                 raise BestieError(f"supervision full: training image {record.name} has no masks")
-            results[record.name] = instances_from_ground_truth(
+            return instances_from_ground_truth(
                 read_label_png(object_map_path(args.prepared, "train", record.name)),
                 read_label_png(class_map_path(args.prepared, "train", record.name)),
             )
-            continue
         path = Path(args.wsss) / f"{record.name}.png"
         if not path.is_file():
             raise BestieError(f"{path}: WSSS map not found; re-run the wsss and wsss_network stages")
@@ -50,14 +50,22 @@ def main(params: Params, args: argparse.Namespace) -> None:
         points, classes = filter_points(
             table[:, :2], table[:, 2].astype(int), table[:, 3], params.peaks.pseudo_thresh
         )
-        results[record.name] = semantic_knowledge_transfer(
+        return semantic_knowledge_transfer(
             read_label_png(path), points, classes, min_size=options.min_size,
             center="point" if params.supervision == "point" else "centroid",
             connectivity=options.connectivity,
         )
+
+    def labelled() -> Iterator[tuple[str, PseudoLabel]]:
+        """One image at a time: its pseudo label is scored, then written, then dropped."""
+        for record in tqdm(manifest.train, desc="pseudo labels", disable=None):
+            result = pseudo_label(record)
+            tally.add(result, train_gt[record.image_id] if record.has_masks else None)
+            yield record.name, result
+
     with atomic_dir(args.out, replace=True) as tmp:
-        save_pseudo_labels(tmp, results)
-    write_metrics(args.metrics, transfer_metrics(results, ground_truth))
+        save_pseudo_labels(tmp, labelled())
+    write_metrics(args.metrics, tally.metrics())
 
 
 if __name__ == "__main__":

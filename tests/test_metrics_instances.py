@@ -15,7 +15,7 @@ from bestie.metrics.instances import (
     exported_label_metrics,
     interpolated_average_precision,
     match_at_iou,
-    transfer_metrics,
+    TransferTally,
     voc_instance_ap_per_class,
     voc_instance_map,
 )
@@ -232,7 +232,10 @@ def test_transfer_metrics_hand_worked():
         "b": transfer(B * 1, [1], multi_point=1),
     }
     truth = {"a": GroundTruth(masks=np.stack([A, C]), classes=np.array([0, 1]))}
-    assert transfer_metrics(results, truth) == {
+    tally = TransferTally()
+    for name, result in results.items():
+        tally.add(result, truth.get(name))
+    assert tally.metrics() == {
         "images": 2,
         "accepted_instances": 3,
         "precision50": 50.0,  # 1 of the 2 instances of the measured image

@@ -4,7 +4,7 @@
   thresholds (``voc_map25`` ... ``voc_map75``), the numbers BESTIE's VOC table reports.
 - :func:`coco_mask_ap`: COCO mask AP, AP50, AP75 via pycocotools' COCOeval.
 - :func:`evaluate_instances`: both, as one flat dict for ``metrics/*.json``.
-- :func:`transfer_metrics`: the pseudo instances of semantic knowledge transfer (the
+- :class:`TransferTally`: the pseudo instances of semantic knowledge transfer (the
   ``pseudo_labels`` stage); :func:`exported_label_metrics`: the pseudo-label file of the
   ``export_coco`` stage.
 
@@ -18,7 +18,8 @@ import contextlib
 import io
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ __all__ = [
     "coco_mask_ap",
     "evaluate_instances",
     "match_at_iou",
-    "transfer_metrics",
+    "TransferTally",
     "exported_label_metrics",
 ]
 
@@ -253,40 +254,52 @@ def match_at_iou(
     return matched
 
 
-def transfer_metrics(results: Mapping[str, Any], ground_truth: Mapping[str, Any]) -> dict[str, float]:
-    """Pseudo-instance quality of semantic knowledge transfer against ground-truth instances.
+@dataclass
+class TransferTally:
+    """Pseudo-instance quality of semantic knowledge transfer, accumulated one image at a time
+    (so memory does not grow with the split).
 
-    Args:
-        results: per image name, a :class:`bestie.structures.PseudoLabel` (its accepted
-            instances: ``instance_map`` [H, W], 0 none, k instance k; ``classes`` [N];
-            ``num_instances``; the ``rejected_no_point`` / ``rejected_multi_point`` counts).
-        ground_truth: per image name that has instances (a subset of ``results``), an object
-            with ``masks`` [N, H, W] and ``classes`` [N].
-
-    Returns flat metrics: precision and recall of pseudo instances at mask IoU 0.5 (recall
-    is the share of ground-truth instances that were accepted as a pseudo instance), and the
-    rejected components split into "no point" and "two or more points".
+    :meth:`add` takes an image's :class:`bestie.structures.PseudoLabel` (accepted instances:
+    ``instance_map`` [H, W], 0 none, k instance k; ``classes`` [N]; the ``rejected_no_point`` /
+    ``rejected_multi_point`` counts) and its ground truth (an object with ``masks`` [N, H, W] and
+    ``classes`` [N]), or None where the image has no masks. :meth:`metrics`: precision and recall of
+    pseudo instances at mask IoU 0.5 on the images with ground truth (recall is the share of
+    ground-truth instances accepted as a pseudo instance), and the rejected components split
+    into "no point" and "two or more points".
     """
-    accepted = matched = num_gt = 0
-    for name, gt in ground_truth.items():
-        result = results[name]
+
+    images: int = 0
+    accepted_instances: int = 0
+    measured_instances: int = 0  # accepted on images with ground truth
+    matched: int = 0
+    ground_truth_instances: int = 0
+    no_point: int = 0
+    multi_point: int = 0
+
+    def add(self, result: Any, gt: Any | None) -> None:
+        self.images += 1
+        self.accepted_instances += result.num_instances
+        self.no_point += result.rejected_no_point
+        self.multi_point += result.rejected_multi_point
+        if gt is None:
+            return
         masks = result.instance_map[None] == np.arange(1, result.num_instances + 1)[:, None, None]
-        accepted += result.num_instances
-        num_gt += len(gt.classes)
-        matched += match_at_iou(masks, result.classes, gt.masks, gt.classes)
-    no_point = sum(r.rejected_no_point for r in results.values())
-    multi_point = sum(r.rejected_multi_point for r in results.values())
-    rejected = no_point + multi_point
-    return {
-        "images": len(results),
-        "accepted_instances": sum(r.num_instances for r in results.values()),
-        "precision50": 100.0 * matched / max(accepted, 1),
-        "recall50": 100.0 * matched / max(num_gt, 1),
-        "rejected_components": rejected,
-        "rejected_no_point": no_point,
-        "rejected_multi_point": multi_point,
-        "rejected_multi_point_share": 100.0 * multi_point / max(rejected, 1),
-    }
+        self.measured_instances += result.num_instances
+        self.ground_truth_instances += len(gt.classes)
+        self.matched += match_at_iou(masks, result.classes, gt.masks, gt.classes)
+
+    def metrics(self) -> dict[str, float]:
+        rejected = self.no_point + self.multi_point
+        return {
+            "images": self.images,
+            "accepted_instances": self.accepted_instances,
+            "precision50": 100.0 * self.matched / max(self.measured_instances, 1),
+            "recall50": 100.0 * self.matched / max(self.ground_truth_instances, 1),
+            "rejected_components": rejected,
+            "rejected_no_point": self.no_point,
+            "rejected_multi_point": self.multi_point,
+            "rejected_multi_point_share": 100.0 * self.multi_point / max(rejected, 1),
+        }
 
 
 def exported_label_metrics(coco: dict, train_gt: dict) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -10,8 +10,8 @@ __all__ = ["peak_statistics"]
 
 
 def peak_statistics(
-    peaks: Sequence[np.ndarray],
-    ground_truth: Sequence,
+    peaks: Iterable[np.ndarray],
+    ground_truth: Iterable,
     pseudo_thresh: float,
 ) -> dict[str, float]:
     """How well peaks above ``pseudo_thresh`` ("kept") mark the ground-truth instances.
@@ -20,7 +20,8 @@ def peak_statistics(
     class. Void (255) pixels belong to no instance.
 
     Args:
-        peaks: per image, [K, 4] (x, y, class, score).
+        peaks: per image, [K, 4] (x, y, class, score); images are read one at a time, so both
+            may be generators (memory does not grow with the split).
         ground_truth: per image, an object with ``masks`` [N, H, W] bool and ``classes`` [N]
             (e.g. :class:`bestie.structures.GroundTruth`).
         pseudo_thresh: peaks with score > this are kept.
@@ -31,11 +32,9 @@ def peak_statistics(
         ``num_images``, ``num_instances``, ``num_peaks``, ``num_kept_peaks``. Shares of an
         empty set are 0.
     """
-    if len(peaks) != len(ground_truth):
-        raise ValueError(f"{len(peaks)} peak arrays for {len(ground_truth)} ground truths")
-    num_peaks = num_kept = num_inside = 0
+    num_images = num_peaks = num_kept = num_inside = 0
     hits_per_instance = []
-    for image_peaks, gt in zip(peaks, ground_truth):
+    for image_peaks, gt in zip(peaks, ground_truth, strict=True):  # ValueError on unequal lengths
         image_peaks = np.asarray(image_peaks, dtype=np.float32).reshape(-1, 4)
         kept = image_peaks[image_peaks[:, 3] > pseudo_thresh]
         masks = np.asarray(gt.masks, dtype=bool)
@@ -44,6 +43,7 @@ def peak_statistics(
         y = np.clip(np.rint(kept[:, 1]).astype(np.int64), 0, height - 1)
         same_class = np.asarray(gt.classes)[:, None] == kept[None, :, 2].astype(np.int64)
         hits = masks[:, y, x] & same_class  # [N, K]
+        num_images += 1
         num_peaks += len(image_peaks)
         num_kept += len(kept)
         num_inside += int(hits.any(axis=0).sum())
@@ -55,7 +55,7 @@ def peak_statistics(
         "instances_one_peak": share((hits == 1).sum(), len(hits)),
         "instances_no_peak": share((hits == 0).sum(), len(hits)),
         "instances_multi_peak": share((hits >= 2).sum(), len(hits)),
-        "num_images": len(peaks),
+        "num_images": num_images,
         "num_instances": len(hits),
         "num_peaks": num_peaks,
         "num_kept_peaks": num_kept,
