@@ -45,7 +45,7 @@ ROWS = (
 )
 
 
-def _dvc(*args: str) -> str:
+def run_dvc(*args: str) -> str:
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return subprocess.run(["dvc", *args], cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
@@ -55,7 +55,7 @@ def experiment_metrics() -> dict[str, dict[str, dict]]:
     """{experiment name: {metrics file: metrics}} of the experiments of every commit (the newest
     commit's wins a name)."""
     found: dict[str, dict[str, dict]] = {}
-    for commit in json.loads(_dvc("exp", "show", "--json", "--all-commits")):
+    for commit in json.loads(run_dvc("exp", "show", "--json", "--all-commits")):
         for experiment in commit.get("experiments") or []:
             for revision in experiment.get("revs") or []:
                 data = revision.get("data") or {}
@@ -73,7 +73,7 @@ def run_missing(rows: tuple[Row, ...], seeds: tuple[int, ...]) -> None:
                 continue
             overrides = [arg for value in (*row.overrides, f"seed={seed}") for arg in ("-S", value)]
             print(f"running {name}", file=sys.stderr, flush=True)
-            _dvc("exp", "run", "--temp", "-n", name, *overrides, row.target)
+            run_dvc("exp", "run", "--temp", "-n", name, *overrides, row.target)
 
 
 def _row_metrics(found: dict[str, dict[str, dict]], row: Row, seed: int) -> dict | None:
