@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # micro-benchmarks (about a minute)
     python benchmarks/run.py --stages        # + each DVC stage's wall time on the current params
                                              #   (re-runs the whole pipeline: minutes)
+    python benchmarks/run.py --stages wsss evaluate   # + only these stages' wall times
 
 Prints Markdown tables; asserts nothing. Rows:
 - target rendering: center/offset/weight maps of one 128x128 training crop with 5 instances;
@@ -129,8 +130,9 @@ def bench_training_iteration(num_classes: int) -> float:
     return median_ms(training_step(num_classes, params.backbone, 8, params.crop_size), 10)
 
 
-def bench_stages() -> list[tuple[str, float]]:
-    stages = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+def bench_stages(only: list[str]) -> list[tuple[str, float]]:
+    """Each stage's wall time, forced to re-run alone (``only``: these stages; empty: all)."""
+    stages = [s for s in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"] if not only or s in only]
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     rows = []
@@ -145,7 +147,8 @@ def bench_stages() -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=6, help="number of classes (6: the embedded data)")
-    parser.add_argument("--stages", action="store_true", help="also time every DVC stage (slow)")
+    parser.add_argument("--stages", nargs="*", metavar="STAGE",
+                        help="also time these DVC stages, every one if none is named (slow)")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
@@ -161,11 +164,15 @@ def main() -> None:
           f"{speeds['seg_refine']:.1f} ms |")
     iteration = bench_training_iteration(args.classes)
     print(f"| training iteration, batch 8 at 128x128 (small net) | {iteration:.0f} ms ({1000 / iteration:.2f} it/s) |")
-    if args.stages:
-        rows = bench_stages()
+    known = set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    if args.stages and not set(args.stages) <= known:
+        parser.error(f"--stages: unknown {sorted(set(args.stages) - known)}; the stages are {sorted(known)}")
+    if args.stages is not None:
+        rows = bench_stages(args.stages)
         for stage, seconds in rows:
             print(f"| stage `{stage}` | {seconds:.1f} s |")
-        print(f"| whole pipeline (sum of the stages) | {sum(s for _, s in rows) / 60:.1f} min |")
+        if not args.stages:
+            print(f"| whole pipeline (sum of the stages) | {sum(s for _, s in rows) / 60:.1f} min |")
         # ru_maxrss of waited-for children: the largest resident set of any one process (KiB on Linux).
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         print(f"| peak memory of a stage process | {peak:.2f} GiB |")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -153,14 +154,35 @@ def _window_spread(padded: Tensor, reach: int, dilations: Sequence[int]) -> Tens
 def pamr_affinity(guide: Tensor, dilations: Sequence[int], temperature: float = 0.1) -> Tensor:
     """The weights of :func:`pamr`: each pixel's softmax over its neighbours (see there).
 
-    ``|g_i - g_j|`` is symmetric, so the differences of offset o also give those of -o,
-    shifted by o: half the offsets are differenced.
+    On the CPU one fused kernel computes them (:mod:`bestie.edge_refine_cpu`); on other
+    devices tensor operations, in which ``|g_i - g_j|`` being symmetric lets the differences
+    of offset o also give those of -o, shifted by o: half the offsets are differenced.
 
     Args:
         guide: ``[F, H, W]`` float.
     Returns:
-        ``[H * W, P]`` float32, rows summing to 1, neighbours in :func:`neighbour_offsets` order.
+        ``[H * W, P]`` float32 on ``guide``'s device, rows summing to 1, neighbours in
+        :func:`neighbour_offsets` order.
     """
+    if guide.device.type == "cpu":
+        return _pamr_affinity_cpu(guide, dilations, temperature)
+    return _pamr_affinity_tensors(guide, dilations, temperature)
+
+
+def _pamr_affinity_cpu(guide: Tensor, dilations: Sequence[int], temperature: float) -> Tensor:
+    from bestie.edge_refine_cpu import pamr_logits_kernel  # numba compiles (or loads) it on first use
+
+    channels, height, width = guide.shape
+    reach = max(dilations)
+    padded = F.pad(guide.detach().float()[None], (reach,) * 4, mode="replicate")[0].contiguous()
+    offsets = np.array(neighbour_offsets(dilations), dtype=np.int64)
+    weights = torch.empty(height * width, len(offsets))
+    pamr_logits_kernel(padded.numpy(), reach, offsets, np.float32(temperature), weights.numpy())
+    weights.exp_()
+    return weights.div_(weights.sum(dim=1, keepdim=True))
+
+
+def _pamr_affinity_tensors(guide: Tensor, dilations: Sequence[int], temperature: float) -> Tensor:
     guide = guide.float()
     channels, height, width = guide.shape
     offsets = neighbour_offsets(dilations)

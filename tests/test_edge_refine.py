@@ -106,6 +106,19 @@ def test_pamr_equals_its_definition(dilations: tuple[int, ...], shape: tuple[int
     assert torch.allclose(weights.sum(dim=1), torch.ones(len(weights)))
 
 
+@pytest.mark.parametrize("dilations", [(1,), (1, 2, 4, 8, 12, 16), (5, 30)])
+@pytest.mark.parametrize("shape", [(3, 13, 17), (9, 8, 5), (9, 40, 57)])
+def test_pamr_affinity_cpu_kernel_equals_the_tensor_version(dilations, shape) -> None:
+    # The tensor version is what runs off the CPU (CUDA); the fused kernel what runs on it.
+    generator = torch.Generator().manual_seed(sum(dilations) + shape[1])
+    guide = torch.randn(*shape, generator=generator)
+    guide[:, : shape[1] // 2] = 0.5  # a flat region: the spread is rounding noise there
+    kernel = edge_refine.pamr_affinity(guide, dilations)
+    tensors = edge_refine._pamr_affinity_tensors(guide, dilations, 0.1)
+    assert kernel.dtype == tensors.dtype == torch.float32
+    assert torch.allclose(kernel, tensors, rtol=0, atol=1e-5)
+
+
 def test_neighbour_index_follows_the_shifted_views() -> None:
     x = torch.randn(2, 7, 9)
     offsets = edge_refine.neighbour_offsets((1, 4))
