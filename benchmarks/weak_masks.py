@@ -49,9 +49,10 @@ def experiment_name(row: Row, style: str) -> str:
 
 
 def run_missing(rows: tuple[Row, ...], styles: tuple[str, ...]) -> None:
+    """Run the missing experiments one after another: each style's rows, in the order given."""
     done = experiment_metrics()
-    for row in rows:
-        for style in styles:
+    for style in styles:
+        for row in rows:
             name = experiment_name(row, style)
             if name in done:
                 continue
@@ -82,10 +83,10 @@ def table(rows: tuple[Row, ...], styles: tuple[str, ...]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="store_true", help="run the experiments that are missing first")
-    parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], help="only these rows")
-    parser.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES))
+    parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], help="only these rows, in this order")
+    parser.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES), help="these styles, in this order")
     args = parser.parse_args()
-    rows = tuple(r for r in ROWS if not args.rows or r.name in args.rows)
+    rows = tuple(next(r for r in ROWS if r.name == name) for name in args.rows) if args.rows else ROWS
     if args.run:
         run_missing(rows, tuple(args.styles))
     print("\n".join(table(rows, tuple(args.styles))))
