@@ -40,6 +40,12 @@ ROWS = (
     Row("full", "`full` (upper bound)", ("supervision=full",)),
     Row("cls-wsssnet", "`cls` + WSSS network", ("wsss.network=true",)),
     Row("point-wsssnet", "`point` + WSSS network", ("supervision=point", "wsss.network=true")),
+    # Inference-only levers (only `evaluate` re-runs): the segmentation refinement, chosen on embedded val.
+    Row("cls-segrefine-off", "`cls`, `inference.seg_refine` off", ("inference.seg_refine.iterations=0",)),
+    Row("point-segrefine-off", "`point`, `inference.seg_refine` off",
+        ("supervision=point", "inference.seg_refine.iterations=0")),
+    Row("full-segrefine-off", "`full`, `inference.seg_refine` off",
+        ("supervision=full", "inference.seg_refine.iterations=0")),
 )
 FULL = "full"
 
