@@ -14,6 +14,7 @@ import argparse
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from bestie import __version__
-from bestie.coco import masks_to_results
+from bestie.coco import coco_categories, masks_to_results
 from bestie.config import InferenceParams, parse_section, to_dict
 from bestie.data.sources.voc import read_class_names
 from bestie.errors import BestieError
-from bestie.inference import SETTINGS_FILE, load_bestie, predict_instances, recorded_settings, settings_from_params
+from bestie.inference import (
+    SETTINGS_FILE, RecordedInference, load_bestie, predict_instances, recorded_inference, settings_from_params,
+)
 from bestie.io import atomic_dir, read_image, write_json
 from bestie.presets import exp_run_command, load_preset, preset_path
 from bestie.runtime import select_device
@@ -56,36 +59,39 @@ def find_images(inputs: list[str]) -> list[Path]:
 
 def inference_settings(
     record_path: str | None, checkpoint_path: str, overrides: dict[str, Any]
-) -> tuple[InferenceParams, str]:
-    """The settings to predict with, and a line saying where they came from.
+) -> tuple[RecordedInference, str]:
+    """The settings to predict with and the dataset's category ids, and a line saying where
+    they came from.
 
     By default the ``evaluate`` stage's record for this checkpoint
     (``data/eval/bestie/inference.json``), so ``bestie predict`` predicts exactly as the
-    evaluation did; without such a record, the built-in defaults (those of ``params.yaml``
-    as shipped). An explicitly given ``record_path`` must exist and match the checkpoint.
+    evaluation did and labels instances with the dataset's own category ids; without such a
+    record, the built-in defaults (those of ``params.yaml`` as shipped) and category ids
+    class + 1. An explicitly given ``record_path`` must exist and match the checkpoint.
     ``overrides`` (flag values, None = not given) replace single settings.
     """
     if not Path(checkpoint_path).is_file():  # before any record is compared with it
         raise BestieError(f"{checkpoint_path}: checkpoint not found")
     path = Path(record_path or DEFAULT_SETTINGS)
+    defaults = RecordedInference(InferenceParams(), None)
     if record_path or path.is_file():
         try:
-            settings, source = recorded_settings(path, checkpoint_path), f"{path} (the evaluate stage's)"
+            recorded, source = recorded_inference(path, checkpoint_path), f"{path} (the evaluate stage's)"
         except BestieError:
             if record_path:
                 raise
-            settings, source = InferenceParams(), f"built-in defaults ({path} records another checkpoint)"
+            recorded, source = defaults, f"built-in defaults ({path} records another checkpoint)"
     else:
-        settings, source = InferenceParams(), f"built-in defaults (no {path})"
+        recorded, source = defaults, f"built-in defaults (no {path})"
     given = {k: v for k, v in overrides.items() if v is not None}
     if given:
-        merged = to_dict(settings)
+        merged = to_dict(recorded.settings)
         for key, value in given.items():
             section, _, name = key.rpartition(".")
             (merged[section] if section else merged)[name] = value
-        settings = parse_section("inference", merged)
+        recorded = recorded._replace(settings=parse_section("inference", merged))
         source += ", overridden: " + ", ".join(f"{k}={v}" for k, v in given.items())
-    return settings, source
+    return recorded, source
 
 
 def predict_images(
@@ -96,8 +102,11 @@ def predict_images(
     device: str = "auto",
     score_thresh: float = 0.0,
     classes_file: str | None = None,
+    category_ids: Sequence[int] | None = None,
 ) -> None:
     """A trained checkpoint on images and folders -> ``out_dir``: COCO results + overlays.
+
+    Results carry ``category_ids[class]`` (None: class + 1), as ``images.json``'s categories.
 
     ``out_dir`` must be new, empty or an earlier result (:data:`RESULT_MARKER`); it is
     checked with the other inputs, before the model is loaded. Each image is predicted on
@@ -110,6 +119,8 @@ def predict_images(
     with atomic_dir(out_dir, marker=RESULT_MARKER) as out:
         model, checkpoint = load_bestie(checkpoint_path, device, class_names=class_names)
         class_names = checkpoint["class_names"]
+        if category_ids is not None and len(category_ids) != len(class_names):
+            raise BestieError(f"{len(category_ids)} category ids recorded for a checkpoint of {len(class_names)} classes")
         results, images_table = [], []
         for image_id, path in enumerate(tqdm(paths, desc="predict", unit="image", disable=None), start=1):
             image = read_image(path)
@@ -117,24 +128,23 @@ def predict_images(
             keep = instances.scores >= score_thresh
             masks, classes, scores = instances.masks[keep], instances.classes[keep], instances.scores[keep]
             images_table.append({"id": image_id, "file_name": str(path), "height": image.shape[0], "width": image.shape[1]})
-            results += masks_to_results(masks, classes, scores, image_id)
+            results += masks_to_results(masks, classes, scores, image_id, category_ids)
             overlay = overlay_instances(image, masks, classes, class_names, scores)
             Image.fromarray(overlay).save(out / f"{image_id:05d}_{path.stem}.png")
         write_json(out / "predictions.json", results, indent=None)
-        write_json(out / "images.json", {"images": images_table, "categories": [
-            {"id": i + 1, "name": name} for i, name in enumerate(class_names)]})
+        write_json(out / "images.json", {"images": images_table, "categories": coco_categories(class_names, category_ids)})
     print(f"{len(results)} instances in {len(paths)} images -> {out_dir}")
 
 
 def predict_command(args: argparse.Namespace) -> None:
-    settings, source = inference_settings(args.settings, args.checkpoint, {
+    recorded, source = inference_settings(args.settings, args.checkpoint, {
         "flip": args.flip, "seg_refine.iterations": args.seg_refine_iterations,
         "center_thresh": args.center_thresh, "nms_kernel": args.nms_kernel, "min_size": args.min_size,
     })
     print(f"inference settings: {source}")
     predict_images(
-        args.inputs, args.checkpoint, args.out, settings, device=args.device,
-        score_thresh=args.score_thresh, classes_file=args.classes,
+        args.inputs, args.checkpoint, args.out, recorded.settings, device=args.device,
+        score_thresh=args.score_thresh, classes_file=args.classes, category_ids=recorded.category_ids,
     )
 
 

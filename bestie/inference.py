@@ -5,7 +5,7 @@ predict``) goes through :func:`predict_instances` with one :class:`InferenceSett
 numbers of the ``inference`` params (:func:`settings_from_params`). The ``evaluate`` stage
 records the params it used beside its predictions (:data:`SETTINGS_FILE`, with the
 checkpoint's digest), so ``bestie predict`` can predict exactly as the evaluation did
-(:func:`recorded_settings`).
+(:func:`recorded_inference`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from bestie.structures import Instances
 
 __all__ = [
     "SETTINGS_FILE", "InferenceSettings", "settings_from_params", "load_bestie", "refine_segmentation",
-    "network_outputs", "predict_instances", "record_predictor", "settings_record", "recorded_settings",
+    "network_outputs", "predict_instances", "record_predictor", "settings_record", "RecordedInference", "recorded_inference",
 ]
 
 SETTINGS_FILE = "inference.json"  # beside the evaluate stage's predictions
@@ -180,14 +181,25 @@ def record_predictor(
     return predict
 
 
-def settings_record(options: InferenceParams, checkpoint_path: str | os.PathLike) -> dict:
-    """What the evaluate stage records beside its predictions: its settings and the checkpoint's
-    SHA-256, so the record is only ever applied to the weights it was used with."""
-    return {"checkpoint_sha256": file_sha256(checkpoint_path), "inference": to_dict(options)}
+def settings_record(
+    options: InferenceParams, checkpoint_path: str | os.PathLike, category_ids: Sequence[int]
+) -> dict:
+    """What the evaluate stage records beside its predictions: its settings, the dataset's
+    category ids (index = class) and the checkpoint's SHA-256, so the record is only ever
+    applied to the weights it was used with."""
+    return {
+        "checkpoint_sha256": file_sha256(checkpoint_path), "inference": to_dict(options),
+        "category_ids": [int(i) for i in category_ids],
+    }
 
 
-def recorded_settings(record_path: str | os.PathLike, checkpoint_path: str | os.PathLike) -> InferenceParams:
-    """The inference settings a :func:`settings_record` file holds for this checkpoint.
+class RecordedInference(NamedTuple):
+    settings: InferenceParams
+    category_ids: tuple[int, ...] | None  # None: recorded before category ids were
+
+
+def recorded_inference(record_path: str | os.PathLike, checkpoint_path: str | os.PathLike) -> RecordedInference:
+    """The inference settings and category ids a :func:`settings_record` file holds for this checkpoint.
 
     Raises:
         BestieError: the file is missing or malformed, or records another checkpoint.
@@ -197,7 +209,13 @@ def recorded_settings(record_path: str | os.PathLike, checkpoint_path: str | os.
         raise BestieError(f"{record_path}: not an inference settings record")
     if record["checkpoint_sha256"] != file_sha256(checkpoint_path):
         raise BestieError(f"{record_path}: records the settings of another checkpoint than {checkpoint_path}")
+    category_ids = record.get("category_ids")
+    if category_ids is not None and not (
+        isinstance(category_ids, list) and all(type(i) is int for i in category_ids)
+    ):
+        raise BestieError(f"{record_path}: category_ids must be a list of integers")
     try:
-        return parse_section("inference", record["inference"])
+        settings = parse_section("inference", record["inference"])
     except BestieError as err:
         raise BestieError(f"{record_path}: {err}") from None
+    return RecordedInference(settings, None if category_ids is None else tuple(category_ids))

@@ -36,7 +36,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         if context.is_main:
             write_evaluation(
                 predictions, args.val_gt, out_dir=args.out, metrics_path=args.metrics, gallery_dir=args.gallery,
-                records={SETTINGS_FILE: settings_record(options, args.model)},
+                records={SETTINGS_FILE: settings_record(options, args.model, manifest.category_ids)},
             )
 
 

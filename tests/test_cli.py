@@ -67,6 +67,33 @@ def test_predict_writes_coco_results_and_overlays(tmp_path: Path, voc_fixture_ro
     assert Image.open(out / "00002_b.png").size == (97, 61)
 
 
+def test_predict_labels_with_the_recorded_category_ids(
+    tmp_path: Path, voc_fixture_root: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    # A COCO-trained model: the evaluate stage records the dataset's (non-contiguous) ids.
+    from bestie.cli import DEFAULT_SETTINGS
+    from bestie.config import InferenceParams
+    from bestie.inference import settings_record
+    from bestie.io import write_json
+
+    folder = _images(tmp_path, voc_fixture_root)
+    monkeypatch.chdir(tmp_path)
+    write_json(DEFAULT_SETTINGS, settings_record(InferenceParams(), checkpoint, [18, 44]))
+    main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", "out", "--device", "cpu"])
+    results = json.loads(Path("out/predictions.json").read_text())
+    categories = json.loads(Path("out/images.json").read_text())["categories"]
+    assert results and {r["category_id"] for r in results} <= {18, 44}
+    assert [(c["id"], c["name"]) for c in categories] == list(zip((18, 44), CLASSES))
+
+    write_json(DEFAULT_SETTINGS, settings_record(InferenceParams(), checkpoint, [18, 44, 90]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", "out2", "--device", "cpu"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: 3 category ids recorded for a checkpoint of 2 classes\n"
+    assert not Path("out2").exists()
+
+
 def _predictions_by_file(out: Path) -> dict[str, list]:
     images = {i["id"]: Path(i["file_name"]).name for i in json.loads((out / "images.json").read_text())["images"]}
     by_file: dict[str, list] = {name: [] for name in images.values()}
@@ -98,20 +125,21 @@ def test_settings_come_from_the_evaluate_record_of_this_checkpoint(
 
     monkeypatch.chdir(tmp_path)
     defaults, source = inference_settings(None, str(checkpoint), {})
-    assert defaults == InferenceParams() and source.startswith("built-in defaults (no ")
+    assert defaults == (InferenceParams(), None) and source.startswith("built-in defaults (no ")
 
     evaluated = InferenceParams(flip=False, center_thresh=0.25, nms_kernel=21)
-    write_json(DEFAULT_SETTINGS, settings_record(evaluated, checkpoint))
-    settings, source = inference_settings(None, str(checkpoint), {})
-    assert settings == evaluated and "the evaluate stage's" in source
-    settings, source = inference_settings(None, str(checkpoint), {"flip": True, "seg_refine.iterations": 0})
+    write_json(DEFAULT_SETTINGS, settings_record(evaluated, checkpoint, [3, 7]))
+    recorded, source = inference_settings(None, str(checkpoint), {})
+    assert recorded == (evaluated, (3, 7)) and "the evaluate stage's" in source
+    recorded, source = inference_settings(None, str(checkpoint), {"flip": True, "seg_refine.iterations": 0})
+    settings = recorded.settings
     assert settings.flip and settings.seg_refine.iterations == 0 and settings.center_thresh == 0.25
-    assert "overridden: flip=True, seg_refine.iterations=0" in source
+    assert recorded.category_ids == (3, 7) and "overridden: flip=True, seg_refine.iterations=0" in source
 
     other = tmp_path / "other.pt"
     other.write_bytes(checkpoint.read_bytes() + b"\0")  # another file: another digest
-    settings, source = inference_settings(None, str(other), {})
-    assert settings == InferenceParams() and "records another checkpoint" in source
+    recorded, source = inference_settings(None, str(other), {})
+    assert recorded == (InferenceParams(), None) and "records another checkpoint" in source
     with pytest.raises(BestieError, match="another checkpoint"):
         inference_settings(DEFAULT_SETTINGS, str(other), {})  # an explicit record must match
     with pytest.raises(BestieError, match="inference.nms_kernel must be odd"):
