@@ -172,7 +172,7 @@ def pamr_affinity(guide: Tensor, dilations: Sequence[int], temperature: float = 
 def _pamr_affinity_cpu(guide: Tensor, dilations: Sequence[int], temperature: float) -> Tensor:
     from bestie.edge_refine_cpu import pamr_logits_kernel  # numba compiles (or loads) it on first use
 
-    channels, height, width = guide.shape
+    _, height, width = guide.shape
     reach = max(dilations)
     padded = F.pad(guide.detach().float()[None], (reach,) * 4, mode="replicate")[0].contiguous()
     offsets = np.array(neighbour_offsets(dilations), dtype=np.int64)
