@@ -48,7 +48,8 @@ ROWS = (
 def run_dvc(*args: str) -> str:
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run(["dvc", *args], cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
+    # stderr passes through: a failed run says why.
+    return subprocess.run(["dvc", *args], cwd=REPO, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
 
 
 def experiment_metrics() -> dict[str, dict[str, dict]]:
