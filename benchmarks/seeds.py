@@ -53,11 +53,13 @@ def run_dvc(*args: str) -> str:
 
 
 def experiment_metrics() -> dict[str, dict[str, dict]]:
-    """{experiment name: {metrics file: metrics}} of the experiments of every commit (the newest
-    commit's wins a name)."""
+    """{experiment name: {metrics file: metrics}} of the finished experiments of every commit (the
+    newest commit's wins a name). A running (or killed) experiment shows its baseline's files."""
     found: dict[str, dict[str, dict]] = {}
     for commit in json.loads(run_dvc("exp", "show", "--json", "--all-commits")):
         for experiment in commit.get("experiments") or []:
+            if experiment.get("executor"):
+                continue
             for revision in experiment.get("revs") or []:
                 data = revision.get("data") or {}
                 if revision.get("name") and data.get("metrics"):
