@@ -40,6 +40,8 @@ ROWS = (
     Row("full", "`full` (upper bound)", ("supervision=full",)),
     Row("cls-wsssnet", "`cls` + WSSS network", ("wsss.network=true",)),
     Row("point-wsssnet", "`point` + WSSS network", ("supervision=point", "wsss.network=true")),
+    # The training budget: three times the default iterations (the held-out upper bound's diagnosis).
+    Row("full-3x", "`full`, 3x iterations (5400)", ("supervision=full", "train.iterations=5400")),
     # Inference-only levers (only `evaluate` re-runs): the segmentation refinement, chosen on embedded val.
     Row("cls-segrefine-off", "`cls`, `inference.seg_refine` off", ("inference.seg_refine.iterations=0",)),
     Row("point-segrefine-off", "`point`, `inference.seg_refine` off",
