@@ -40,6 +40,8 @@ ROWS = (
     Row("full", "`full` (upper bound)", ("supervision=full",)),
     Row("cls-wsssnet", "`cls` + WSSS network", ("wsss.network=true",)),
     Row("point-wsssnet", "`point` + WSSS network", ("supervision=point", "wsss.network=true")),
+    Row("cls-wsssnet-hard", "`cls` + WSSS network, loss on the hardest 20 % of pixels (as `train`)",
+        ("wsss.network=true", "wsss_network.hard_pixel_ratio=0.2")),
     # The training budget: three times the default iterations (the held-out upper bound's diagnosis).
     Row("full-3x", "`full`, 3x iterations (5400)", ("supervision=full", "train.iterations=5400")),
     # Inference-only levers (only `evaluate` re-runs): the segmentation refinement, chosen on embedded val.
