@@ -130,9 +130,8 @@ def bench_training_iteration(num_classes: int) -> float:
     return median_ms(training_step(num_classes, params.backbone, 8, params.crop_size), 10)
 
 
-def bench_stages(only: list[str]) -> list[tuple[str, float]]:
-    """Each stage's wall time, forced to re-run alone (``only``: these stages; empty: all)."""
-    stages = [s for s in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"] if not only or s in only]
+def bench_stages(stages: list[str]) -> list[tuple[str, float]]:
+    """Each stage's wall time, forced to re-run alone."""
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     rows = []
@@ -150,6 +149,9 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", metavar="STAGE",
                         help="also time these DVC stages, every one if none is named (slow)")
     args = parser.parse_args()
+    every_stage = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    if args.stages and not set(args.stages) <= set(every_stage):
+        parser.error(f"--stages: unknown {sorted(set(args.stages) - set(every_stage))}; the stages are {every_stage}")
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}\n")
@@ -164,11 +166,8 @@ def main() -> None:
           f"{speeds['seg_refine']:.1f} ms |")
     iteration = bench_training_iteration(args.classes)
     print(f"| training iteration, batch 8 at 128x128 (small net) | {iteration:.0f} ms ({1000 / iteration:.2f} it/s) |")
-    known = set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
-    if args.stages and not set(args.stages) <= known:
-        parser.error(f"--stages: unknown {sorted(set(args.stages) - known)}; the stages are {sorted(known)}")
     if args.stages is not None:
-        rows = bench_stages(args.stages)
+        rows = bench_stages([s for s in every_stage if not args.stages or s in args.stages])
         for stage, seconds in rows:
             print(f"| stage `{stage}` | {seconds:.1f} s |")
         if not args.stages:
