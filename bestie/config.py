@@ -136,6 +136,8 @@ class WSSSParams:
     scales: list[float] = _f([1.0, 0.75, 1.25], min=0.1, nonempty=True)
     flip: bool = _f(True)
     bg_threshold: float = _f(0.2, min=0.0, max=1.0)  # background score; CAMs peak at 1
+    # fixed: a class beats the background above bg_threshold; otsu: above its map's own Otsu threshold
+    background: str = _f("fixed", choices=("fixed", "otsu"))
     refine: str = _f("pamr", choices=("pamr", "crf"))  # pixel-adaptive refinement | local dense CRF
     texture_window: int = _f(5, choices=(1, 3, 5, 7, 9))  # guide: colour + local mean, std (1: colour)
     refine_stride: int = _f(2, choices=(1, 2, 4))  # refine on a grid this many times coarser

@@ -33,7 +33,7 @@ from bestie.cam import class_activation_maps
 from bestie.edge_refine import refine_scores
 from bestie.structures import IGNORE
 
-__all__ = ["with_background", "threshold_labels", "confident_labels", "WSSSMaps", "semantic_pseudo_labels"]
+__all__ = ["with_background", "otsu_thresholds", "data_background", "BACKGROUNDS", "threshold_labels", "confident_labels", "WSSSMaps", "semantic_pseudo_labels"]
 
 
 def with_background(cams: Tensor, bg_threshold: float) -> Tensor:
@@ -48,6 +48,45 @@ def with_background(cams: Tensor, bg_threshold: float) -> Tensor:
         ``[K + 1, H, W]``; channel 0 is ``bg_threshold`` everywhere.
     """
     return torch.cat([torch.full_like(cams[:1], bg_threshold), cams])
+
+
+def otsu_thresholds(maps: Tensor, bins: int = 256) -> Tensor:
+    """Each map's Otsu threshold: the value splitting its pixels into two groups of the largest
+    between-group variance (a low "background" and a high "object" mode).
+
+    Args:
+        maps: ``[K, H, W]`` in [0, 1].
+    Returns:
+        ``[K]`` thresholds: a map's values above its threshold are its high group (values are
+        binned into ``bins`` equal bins; a threshold is the upper edge of the low group's last bin).
+    """
+    flat = maps.reshape(len(maps), -1).clamp(0, 1)
+    index = (flat * (bins - 1)).round_().long()
+    histogram = torch.zeros(len(maps), bins, device=maps.device).scatter_add_(1, index, torch.ones_like(flat))
+    share = histogram / flat.shape[1]
+    centres = torch.linspace(0, 1, bins, device=maps.device)
+    below = share.cumsum(dim=1)  # weight of the low group, threshold after each bin
+    below_mass = (share * centres).cumsum(dim=1)
+    total_mass = below_mass[:, -1:]
+    between = (total_mass * below - below_mass).square() / (below * (1 - below)).clamp(min=1e-12)
+    return (between.argmax(dim=1) + 0.5) / (bins - 1)
+
+
+def data_background(cams: Tensor, bg_threshold: float) -> Tensor:
+    """:func:`with_background` with each class map rescaled so that it beats the background
+    exactly above its own Otsu threshold (:func:`otsu_thresholds`) instead of above one fixed
+    ``bg_threshold`` for every image and class.
+
+    Args:
+        cams: ``[K, H, W]`` in [0, 1].
+    Returns:
+        ``[K + 1, H, W]`` non-negative; channel 0 is ``bg_threshold`` everywhere.
+    """
+    thresholds = otsu_thresholds(cams).clamp(min=0.05, max=0.95)
+    return with_background(cams * (bg_threshold / thresholds)[:, None, None], bg_threshold)
+
+
+BACKGROUNDS = {"fixed": with_background, "otsu": data_background}
 
 
 def _check_scores(scores: Tensor, classes: Tensor) -> None:
@@ -98,6 +137,7 @@ def semantic_pseudo_labels(
     scales: Sequence[float],
     flip: bool,
     bg_threshold: float,
+    background: str,
     method: str,
     texture_window: int,
     stride: int,
@@ -113,6 +153,8 @@ def semantic_pseudo_labels(
         classes: ``[K]`` int64 class indices of the image (may be empty: all background).
         scales, flip: of the CAMs (:func:`bestie.cam.class_activation_maps`).
         bg_threshold: the background score (:func:`with_background`).
+        background: ``"fixed"``: a class beats the background where its map exceeds
+            ``bg_threshold``; ``"otsu"``: above the map's own Otsu threshold (:func:`data_background`).
         method, texture_window, stride, dilations, iterations: of the refinement
             (:func:`bestie.edge_refine.refine_scores`).
         min_confidence: less confident pixels become 255 (:func:`confident_labels`).
@@ -124,7 +166,7 @@ def semantic_pseudo_labels(
     cams = class_activation_maps(
         model, image[None], classes.new_zeros(len(classes)), classes, normalize="total", scales=scales, flip=flip
     )
-    scores = with_background(cams, bg_threshold)
+    scores = BACKGROUNDS[background](cams, bg_threshold)
     probs = refine_scores(
         image, scores, method=method, texture_window=texture_window, stride=stride, dilations=dilations,
         iterations=iterations,
