@@ -33,7 +33,10 @@ from bestie.cam import class_activation_maps
 from bestie.edge_refine import refine_scores
 from bestie.structures import IGNORE
 
-__all__ = ["with_background", "otsu_thresholds", "data_background", "BACKGROUNDS", "threshold_labels", "confident_labels", "WSSSMaps", "semantic_pseudo_labels"]
+__all__ = [
+    "with_background", "otsu_thresholds", "data_background", "BACKGROUNDS", "threshold_labels",
+    "confident_labels", "WSSSMaps", "semantic_pseudo_labels",
+]
 
 
 def with_background(cams: Tensor, bg_threshold: float) -> Tensor:

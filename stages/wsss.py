@@ -47,9 +47,9 @@ def label_maps(params: Params, args: argparse.Namespace, manifest: Manifest) -> 
     return lambda record: semantic_pseudo_labels(
         model, normalize(read_image(record.path)).to(device),
         torch.tensor(record.labels, dtype=torch.int64, device=device), scales=cfg.scales, flip=cfg.flip,
-        bg_threshold=cfg.bg_threshold, background=cfg.background, method=cfg.refine, texture_window=cfg.texture_window,
-        stride=cfg.refine_stride, dilations=cfg.dilations, iterations=cfg.iterations,
-        min_confidence=cfg.min_confidence,
+        bg_threshold=cfg.bg_threshold, background=cfg.background, method=cfg.refine,
+        texture_window=cfg.texture_window, stride=cfg.refine_stride, dilations=cfg.dilations,
+        iterations=cfg.iterations, min_confidence=cfg.min_confidence,
     )
 
 
