@@ -42,6 +42,12 @@ ROWS = (
     Row("point-wsssnet", "`point` + WSSS network", ("supervision=point", "wsss.network=true")),
     Row("cls-wsssnet-hard", "`cls` + WSSS network, loss on the hardest 20 % of pixels (as `train`)",
         ("wsss.network=true", "wsss_network.hard_pixel_ratio=0.2")),
+    # Confidence thresholds from the data: each CAM beats the background above its own Otsu threshold.
+    Row("cls-otsu", "`cls`, background at each map's Otsu threshold", ("wsss.background=otsu",)),
+    Row("point-otsu", "`point`, background at each map's Otsu threshold", ("supervision=point", "wsss.background=otsu")),
+    # Affinity-style refinement of the CAMs: the default PAMR against none and the local dense CRF.
+    Row("cls-camrefine-off", "`cls`, CAMs not refined (`wsss.iterations=0`)", ("wsss.iterations=0",)),
+    Row("cls-crf", "`cls`, CAMs refined by the local dense CRF", ("wsss.refine=crf",)),
     # The training budget: three times the default iterations (the held-out upper bound's diagnosis).
     Row("full-3x", "`full`, 3x iterations (5400)", ("supervision=full", "train.iterations=5400")),
     # Inference-only levers (only `evaluate` re-runs): the segmentation refinement, chosen on embedded val.
