@@ -64,8 +64,9 @@ class SynthesizeParams:
     """The embedded synthetic VOC2012-format dataset."""
 
     # bestie.data.synthetic.STYLES (it imports this module; a test keeps the two equal).
-    # heldout: other shapes, textures, sizes, clutter; never tune defaults on it
-    style: str = _f("embedded", choices=("embedded", "heldout"))
+    # heldout: other shapes, textures, sizes, clutter; heldout_looks: its looks at the embedded
+    # sizes and occlusion; never tune defaults on either
+    style: str = _f("embedded", choices=("embedded", "heldout", "heldout_looks"))
     num_train: int = _f(400, min=1)
     num_val: int = _f(100, min=1)
     num_classes: int = _f(6, min=1, max=6)

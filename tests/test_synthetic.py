@@ -334,3 +334,14 @@ def test_heldout_style_differs_in_shapes_sizes_and_looks() -> None:
     first = (render_image(SynthesizeParams(style=name), "train", 0).image for name in ("embedded", "heldout"))
     a, b = first
     assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+def test_heldout_looks_style_has_heldout_looks_and_embedded_sizes() -> None:
+    embedded, looks = _masks_of("embedded"), _masks_of("heldout_looks")
+    assert STYLES["heldout_looks"].class_names == STYLES["heldout"].class_names
+    assert np.median(_box_fill(*looks)) < np.median(_box_fill(*embedded)) - 0.05
+    # The embedded geometry: areas within a third of the embedded quantiles (the held-out
+    # style's p5 is several times smaller), and as many instances survive occlusion.
+    stats_embedded, stats_looks = dataset_statistics(*embedded), dataset_statistics(*looks)
+    for quantile in ("instance_area_p5", "instance_area_p50", "instance_area_p95"):
+        assert 0.67 < stats_looks[quantile] / stats_embedded[quantile] < 1.5, (quantile, stats_looks, stats_embedded)

@@ -17,8 +17,9 @@ Every image is a pure function of ``(params, split, index)`` with its own seeded
 generator, so the dataset is byte-identical for the same params.
 
 ``synthesize.style`` picks how the images look (:data:`STYLES`): ``embedded`` (the default, on
-which the defaults were chosen) or ``heldout`` (other shapes, textures, sizes and clutter, never
-tuned on); the scene composition above is shared.
+which the defaults were chosen), ``heldout`` (other shapes, textures, sizes and clutter, never
+tuned on) or ``heldout_looks`` (the held-out looks at the embedded sizes and occlusion); the scene
+composition above is shared.
 
 The package: :mod:`~bestie.data.synthetic.appearance` (the embedded style's shapes, textures and
 background; the colours of every style), :mod:`~bestie.data.synthetic.heldout` (the held-out

@@ -36,7 +36,7 @@ from bestie.data.synthetic.heldout import (
     heldout_background,
 )
 
-__all__ = ["EmbeddedStyle", "HeldoutStyle", "STYLES"]
+__all__ = ["EmbeddedStyle", "HeldoutStyle", "HeldoutLooksStyle", "STYLES"]
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
@@ -103,4 +103,16 @@ class HeldoutStyle(EmbeddedStyle):
         return float(np.clip(cy + dy, 0, size[0])), float(np.clip(cx + dx, 0, size[1]))
 
 
-STYLES: dict[str, EmbeddedStyle] = {"embedded": EmbeddedStyle(), "heldout": HeldoutStyle()}
+class HeldoutLooksStyle(HeldoutStyle):
+    """The held-out looks at the embedded style's geometry: its object sizes, placement and
+    occlusion. Separates what unseen looks cost from what the held-out style's smaller, larger,
+    clustered and more occluded objects cost."""
+
+    min_visible_fraction = EmbeddedStyle.min_visible_fraction
+    area_share = EmbeddedStyle.area_share
+    centre = EmbeddedStyle.centre
+
+
+STYLES: dict[str, EmbeddedStyle] = {
+    "embedded": EmbeddedStyle(), "heldout": HeldoutStyle(), "heldout_looks": HeldoutLooksStyle(),
+}
