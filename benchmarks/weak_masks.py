@@ -4,8 +4,8 @@
     python benchmarks/weak_masks.py          # print the table of the experiments already run
 
 Each row (a supervision and the levers it switches on) and style (``synthesize.style``:
-``embedded``, the data the defaults were chosen on; ``heldout`` and ``heldout_looks``, never tuned on) is one
-experiment named ``wm-<row>-<style>``, reproducing ``evaluate``. DVC's run cache makes stages
+``embedded``, the data the defaults were chosen on; ``heldout`` and ``heldout_looks``, never
+tuned on) is one experiment named ``wm-<row>-<style>``, reproducing ``evaluate``. DVC's run cache makes stages
 that already ran with the same inputs (the default ``dvc repro`` is ``wm-cls-embedded``) a
 lookup. Prints a Markdown table: BESTIE's voc_map at 25/50/70/75 % IoU, each weak row's share
 of ``full`` on the same style, and the mIoU of the semantic maps the pseudo labels are drawn
