@@ -10,7 +10,7 @@ that already ran with the same inputs (the default ``dvc repro`` is ``wm-cls-emb
 lookup. Prints a Markdown table: BESTIE's voc_map at 25/50/70/75 % IoU, each weak row's share
 of ``full`` on the same style, and the mIoU of the semantic maps the pseudo labels are drawn
 from (``metrics/wsss_network.json``: the WSSS network's maps when it is on, else the ``wsss``
-maps). Asserts nothing.
+maps); a row and style not run yet gets no line. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def table(rows: tuple[Row, ...], styles: tuple[str, ...]) -> list[str]:
     full_row = next(r for r in ROWS if r.name == FULL)
     for row in rows:
         for style in styles:
-            metrics = found.get(experiment_name(row, style), {})
+            metrics = found.get(experiment_name(row, style))
+            if metrics is None:  # not run: no line
+                continue
             bestie, maps = metrics.get("metrics/bestie.json"), metrics.get("metrics/wsss_network.json")
             full = found.get(experiment_name(full_row, style), {}).get("metrics/bestie.json")
             cells = [f"{bestie[f'voc_map{t}']:.1f}" if bestie else "–" for t in THRESHOLDS]
