@@ -53,6 +53,12 @@ ROWS = (
     Row("cls-seg-all", "`cls`, segmentation loss on every pixel", ("train.hard_pixel_ratio=1.0",)),
     # Cleaner labels, fewer of them: pixels of WSSS confidence below 0.7 (not 0.5) ignored.
     Row("cls-conf07", "`cls`, WSSS pixels below 0.7 confidence ignored", ("wsss.min_confidence=0.7",)),
+    # Boundary-aware self-refinement of the semantics: the network's own segmentation snapped to
+    # image edges (PAMR) as a second segmentation target (train.seg_self_refine; not in the paper).
+    Row("cls-segself", "`cls`, segmentation self-refinement (`train.seg_self_refine`)",
+        ("train.seg_self_refine.iterations=10",)),
+    Row("point-segself", "`point`, segmentation self-refinement (`train.seg_self_refine`)",
+        ("supervision=point", "train.seg_self_refine.iterations=10")),
     # The training budget: three times the default iterations (the held-out upper bound's diagnosis).
     Row("full-3x", "`full`, 3x iterations (5400)", ("supervision=full", "train.iterations=5400")),
     # Inference-only levers (only `evaluate` re-runs): the segmentation refinement, chosen on embedded val.

@@ -195,6 +195,20 @@ class WSSSNetworkParams(LoopCadenceParams):
 
 
 @dataclass(frozen=True)
+class SegRefineParams:
+    """The predicted class probabilities snapped to image edges before grouping.
+
+    The ``wsss`` stage's pixel-adaptive refinement (:func:`bestie.edge_refine.pamr`), run on the
+    network's softmax instead of on CAMs: fewer iterations, since the maps are already sharp.
+    """
+
+    iterations: int = _f(10, min=0)  # 0: off
+    texture_window: int = _f(5, choices=(1, 3, 5, 7, 9))  # guide: colour + local mean, std (1: colour)
+    stride: int = _f(2, choices=(1, 2, 4))  # refine on a grid this many times coarser
+    dilations: list[int] = _f([1, 2, 4, 8, 12, 16], min=1, nonempty=True)  # neighbourhoods, in coarse px
+
+
+@dataclass(frozen=True)
 class TrainParams(LoopCadenceParams):
     """The BESTIE network and its training with self-refinement (docs/method.md §4-§6)."""
 
@@ -223,23 +237,12 @@ class TrainParams(LoopCadenceParams):
     refine_thresh: float = _f(0.3, min=0.0, max=1.0)  # center heatmaps peak at 1
     refine_nms_kernel: int = _f(41, min=1, parity="odd")
     refine_max_instances: int = _f(5, min=1)
+    # A second segmentation target: the network's own segmentation snapped to image edges
+    # (bestie.refine.refine_semantic), with self-refinement; iterations 0: off. Not in the paper.
+    seg_self_refine: SegRefineParams = field(default_factory=lambda: SegRefineParams(iterations=0))
     amp: bool = _f(True)  # only takes effect on CUDA
     channels_last: bool = _f(True)  # NHWC memory format for cuDNN's fast convolutions; only on CUDA
     workers: int = _f(2, min=0)
-
-
-@dataclass(frozen=True)
-class SegRefineParams:
-    """The predicted class probabilities snapped to image edges before grouping.
-
-    The ``wsss`` stage's pixel-adaptive refinement (:func:`bestie.edge_refine.pamr`), run on the
-    network's softmax instead of on CAMs: fewer iterations, since the maps are already sharp.
-    """
-
-    iterations: int = _f(10, min=0)  # 0: off
-    texture_window: int = _f(5, choices=(1, 3, 5, 7, 9))  # guide: colour + local mean, std (1: colour)
-    stride: int = _f(2, choices=(1, 2, 4))  # refine on a grid this many times coarser
-    dilations: list[int] = _f([1, 2, 4, 8, 12, 16], min=1, nonempty=True)  # neighbourhoods, in coarse px
 
 
 @dataclass(frozen=True)

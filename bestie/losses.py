@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bestie.refine import refine_image_level, refine_point_level
+from bestie.refine import refine_image_level, refine_point_level, refine_semantic
 from bestie.runtime import autocast
 from bestie.structures import IGNORE
 
@@ -84,12 +84,14 @@ def compute_losses(
 
     With refined labels, a center/offset term is the mean of its pseudo-label term and its
     refined-label term; point supervision refines only the offset (``refined`` then has no
-    ``"center"``).
+    ``"center"``). The segmentation term likewise, when ``refined`` has a ``"semantic"`` target.
 
     Returns:
         {"loss": total, "seg": ..., "center": ..., "offset": ...} scalars (the terms unweighted).
     """
     seg = hard_pixel_cross_entropy(outputs["seg"], batch["semantic"], hard_pixel_ratio)
+    if refined is not None and "semantic" in refined:
+        seg = 0.5 * (seg + hard_pixel_cross_entropy(outputs["seg"], refined["semantic"], hard_pixel_ratio))
     center = weighted_mse(outputs["center"], batch["center"], batch["center_weight"])
     offset = weighted_l1(outputs["offset"], batch["offset"], batch["weight"])
     if refined is not None:
@@ -139,13 +141,15 @@ class BestieCriterion(nn.Module):
 
     ``forward(outputs, batch, iteration)`` returns :func:`compute_losses`'s terms and
     ``refine_ms``, the time refinement took (0.0 when it did not run). ``refine_from`` None
-    (refinement off) or ``full`` supervision never refines.
+    (refinement off) or ``full`` supervision never refines. ``seg_refine`` (keyword arguments
+    of :func:`bestie.refine.refine_semantic`; None: off) adds a refined semantic target to the
+    refined labels (``batch["image"]`` is its guide).
     """
 
     def __init__(
         self, supervision: str, num_classes: int, *, seg_weight: float, center_weight: float,
         offset_weight: float, hard_pixel_ratio: float, refine_from: int | None, refine_thresh: float,
-        refine_nms_kernel: int, refine_max_instances: int, sigma: float,
+        refine_nms_kernel: int, refine_max_instances: int, sigma: float, seg_refine: dict | None = None,
     ):
         super().__init__()
         self.supervision, self.num_classes = supervision, num_classes
@@ -154,12 +158,16 @@ class BestieCriterion(nn.Module):
         self.refine_from = refine_from if supervision != "full" else None
         self.refinement = dict(threshold=refine_thresh, nms_kernel=refine_nms_kernel,
                                max_instances=refine_max_instances, sigma=sigma)
+        self.seg_refine = seg_refine
 
     def forward(self, outputs: dict, batch: dict, iteration: int) -> dict:
         refined, refine_ms = None, 0.0
         if self.refine_from is not None and iteration >= self.refine_from:
             tic = time.perf_counter()
             refined = self_refine(outputs, batch, self.supervision, self.num_classes, **self.refinement)
+            if self.seg_refine is not None:
+                refined["semantic"] = refine_semantic(batch["image"], outputs["seg"].detach(), batch["semantic"],
+                                                      **self.seg_refine)
             refine_ms = 1000 * (time.perf_counter() - tic)
         return {**compute_losses(outputs, batch, refined, **self.weights), "refine_ms": refine_ms}
 

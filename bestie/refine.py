@@ -1,5 +1,8 @@
 """Online self-refinement (docs/method.md §6): refined instance targets from the network's own outputs.
 
+Optionally (``train.seg_self_refine``, not in the paper) a refined semantic target too:
+:func:`refine_semantic`, the network's own segmentation snapped to image edges.
+
 Refinement runs the inference grouping (:mod:`bestie.grouping`) on the training batch,
 confined to the WSSS components (:func:`bestie.spatial.class_components` of the augmented
 WSSS map, computed by the data loader), and renders targets from the instances it finds. It
@@ -17,10 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bestie.edge_refine import refine_scores
 from bestie.grouping import instances_at_points, instances_in_components
+from bestie.structures import IGNORE
 from bestie.targets import center_heatmap, offset_and_weight
 
-__all__ = ["refine_image_level", "refine_point_level"]
+__all__ = ["refine_image_level", "refine_point_level", "refine_semantic"]
 
 
 @torch.no_grad()
@@ -167,3 +172,37 @@ def _check_outputs(center: Tensor, offset: Tensor, num_classes: int) -> tuple[in
             f"offset: expected {(batch_size, 2, height, width)}, got {tuple(offset.shape)}"
         )
     return batch_size, num_classes, height, width
+
+
+@torch.no_grad()
+def refine_semantic(
+    images: Tensor, seg_logits: Tensor, semantic_map: Tensor, *,
+    iterations: int, texture_window: int, stride: int, dilations: list[int],
+) -> Tensor:
+    """The network's segmentation, restricted to each image's classes and snapped to its edges,
+    as a second semantic target: a boundary-aware correction of the WSSS map.
+
+    Per image: the softmax over background and the classes of its WSSS map (the image-level
+    labels that survived the crop), refined by PAMR on the image (the ``wsss`` stage's
+    :func:`bestie.edge_refine.refine_scores`), then the arg max. Pixels the WSSS map leaves
+    unknown (255: unsure, or the crop's padding) stay unknown.
+
+    Args:
+        images: [B, 3, H, W] the normalised training images (the refinement's guide).
+        seg_logits: [B, C+1, H, W] the network's segmentation logits.
+        semantic_map: [B, H, W] integer augmented WSSS map; 0 background, c + 1 class c, 255 void.
+        iterations, texture_window, stride, dilations: of the refinement.
+    Returns:
+        [B, H, W] int64 target; 255 where ``semantic_map`` is 255.
+    """
+    semantic_map = semantic_map.long()
+    known = semantic_map != IGNORE
+    present = torch.zeros(seg_logits.shape[:2], dtype=torch.bool, device=seg_logits.device)
+    present.scatter_(1, torch.where(known, semantic_map, 0).flatten(1), True)  # background always
+    probs = seg_logits.float().masked_fill(~present[..., None, None], float("-inf")).softmax(dim=1)
+    refined = torch.stack([
+        refine_scores(image, image_probs, method="pamr", texture_window=texture_window, stride=stride,
+                      dilations=dilations, iterations=iterations)
+        for image, image_probs in zip(images.float(), probs)
+    ])
+    return refined.argmax(dim=1).masked_fill_(~known, IGNORE)

@@ -66,6 +66,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             hard_pixel_ratio=train.hard_pixel_ratio, refine_from=train.refine_iter if train.refine else None,
             refine_thresh=train.refine_thresh, refine_nms_kernel=train.refine_nms_kernel,
             refine_max_instances=train.refine_max_instances, sigma=train.sigma,
+            seg_refine=to_dict(train.seg_self_refine) if train.seg_self_refine.iterations else None,
         )
         history = train_loop(
             BestieTraining(model, criterion),

@@ -86,7 +86,7 @@ def test_ints_widen_to_floats() -> None:
         ({"wsss_network": {"scale_min": 1.5, "scale_max": 1.2}},
          "wsss_network.scale_min (1.5) must not exceed wsss_network.scale_max (1.2)"),
         ({"wsss_network": {"epochs": 3}}, "unknown key wsss_network.epochs"),
-        ({"synthesize": {"style": "photo"}}, "synthesize.style must be one of embedded | heldout, got 'photo'"),
+        ({"synthesize": {"style": "photo"}}, "synthesize.style must be one of embedded | heldout | heldout_looks, got 'photo'"),
     ],
 )
 def test_bad_values_name_their_key(raw: dict, message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bestie.refine import refine_image_level, refine_point_level
+from bestie.refine import refine_image_level, refine_point_level, refine_semantic
 from bestie.targets import center_heatmap
 
 H, W, C = 32, 64, 3
@@ -339,3 +339,43 @@ def test_higher_peak_of_a_neighbouring_component_does_not_suppress_this_one():
     expected_weight[near] = 0.9 * 0.9
     expected_weight[far] = 0.5 * 0.9
     torch.testing.assert_close(out["weight"][0, 0], expected_weight)
+
+
+# -- the semantic target (train.seg_self_refine) --------------------------------------------
+def _two_colour_image() -> torch.Tensor:
+    """[3, H, W] normalised: a bright square (rows 8-24, columns 16-40) on a dark ground."""
+    image = torch.full((3, H, W), -1.0)
+    image[:, 8:24, 16:40] = 1.0
+    return image
+
+
+def test_semantic_target_snaps_a_blurry_prediction_to_the_image_edge():
+    # The network calls class 1 a square four pixels too wide on every side; the image's
+    # edge, not the prediction, decides the target.
+    logits = torch.zeros(1, C + 1, H, W)
+    logits[0, 0] = 2.0
+    logits[0, 2, 4:28, 12:44] = 4.0
+    semantic = torch.zeros(1, H, W, dtype=torch.long)
+    semantic[0, 8:24, 16:40] = 2
+    target = refine_semantic(_two_colour_image()[None], logits, semantic, iterations=10, texture_window=1,
+                             stride=1, dilations=[1, 2, 4])
+    truth = torch.zeros(H, W, dtype=torch.long)
+    truth[8:24, 16:40] = 2
+    wrong_before = (logits[0].argmax(0) != truth).sum()
+    assert (target[0] != truth).sum() < 0.25 * wrong_before
+
+
+def test_semantic_target_keeps_unknown_pixels_and_the_images_classes():
+    # Class 3 (channel 3) scores highest everywhere but is not in the WSSS map: never a target.
+    logits = torch.zeros(2, C + 1, H, W)
+    logits[:, 3] = 5.0
+    logits[:, 1] = 1.0
+    semantic = torch.zeros(2, H, W, dtype=torch.long)
+    semantic[:, :, :8] = 255
+    semantic[0, 8:24, 16:40] = 1
+    image = _two_colour_image()
+    target = refine_semantic(torch.stack([image, image]), logits, semantic, iterations=5, texture_window=1,
+                             stride=1, dilations=[1, 2])
+    assert (target[:, :, :8] == 255).all()
+    assert set(target[0, :, 8:].unique().tolist()) == {1}  # image 0 has class 1: it wins over background
+    assert set(target[1, :, 8:].unique().tolist()) == {0}  # image 1 has background only

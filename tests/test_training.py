@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bestie.config import TrainParams
+from bestie.config import SegRefineParams, TrainParams, to_dict
 from bestie.data.instance_dataset import collate_samples
 from bestie.distributed import DistContext
 from bestie.errors import BestieError
@@ -47,6 +47,7 @@ def train_tiny(model: BestieNet, supervision: str = "cls", params: TrainParams =
         supervision, NUM_CLASSES, **WEIGHTS, refine_from=params.refine_iter if params.refine else None,
         refine_thresh=params.refine_thresh, refine_nms_kernel=params.refine_nms_kernel,
         refine_max_instances=params.refine_max_instances, sigma=params.sigma,
+        seg_refine=to_dict(params.seg_self_refine) if params.seg_self_refine.iterations else None,
     )
     return train(
         BestieTraining(model, criterion),
@@ -176,6 +177,12 @@ def test_refined_terms_are_averaged_with_pseudo_label_terms() -> None:
     assert halved["offset"] == pytest.approx(plain["offset"] / 2)
     points_only = compute_losses(outputs, batch, {"offset": zero["offset"], "weight": zero["weight"]}, **WEIGHTS)
     assert points_only["center"] == pytest.approx(plain["center"])
+    # A refined semantic target the prediction gets right: the segmentation term halves.
+    outputs["seg"][:, 0] = 50.0  # certain background
+    seg_plain = compute_losses(outputs, batch, None, **WEIGHTS)["seg"]
+    assert seg_plain > 1.0
+    refined_seg = compute_losses(outputs, batch, {**zero, "semantic": torch.zeros_like(batch["semantic"])}, **WEIGHTS)
+    assert refined_seg["seg"] == pytest.approx(seg_plain / 2)
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -189,6 +196,16 @@ def test_training_runs_and_logs_for_every_supervision(supervision: str) -> None:
     assert {"loss", "seg", "center", "offset", "refine_ms", "lr", "seconds"} == set(history[0]) - {"step"}
     refined = [row["refine_ms"] > 0 for row in history]
     assert all(refined) if supervision != "full" else not any(refined)
+
+
+@pytest.mark.parametrize("supervision", ["cls", "point"])
+def test_semantic_self_refinement_changes_the_segmentation_term(supervision: str) -> None:
+    refined = dataclasses.replace(TINY, seg_self_refine=SegRefineParams(iterations=3, texture_window=1, stride=1,
+                                                                        dilations=[1, 2]))
+    plain, with_target = train_tiny(tiny_model(), supervision), train_tiny(tiny_model(), supervision, refined)
+    assert all(np.isfinite(row["loss"]) for row in with_target)
+    assert with_target[0]["seg"] != pytest.approx(plain[0]["seg"])
+    assert with_target[0]["center"] == pytest.approx(plain[0]["center"])
 
 
 def test_refinement_switch_and_start_iteration() -> None:
