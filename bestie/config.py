@@ -238,8 +238,10 @@ class TrainParams(LoopCadenceParams):
     refine_nms_kernel: int = _f(41, min=1, parity="odd")
     refine_max_instances: int = _f(5, min=1)
     # A second segmentation target: the network's own segmentation snapped to image edges
-    # (bestie.refine.refine_semantic), with self-refinement; iterations 0: off. Not in the paper.
+    # (bestie.refine.refine_semantic), with self-refinement, from seg_self_refine_iter on (its own
+    # early segmentation is background everywhere); iterations 0: off. Not in the paper.
     seg_self_refine: SegRefineParams = field(default_factory=lambda: SegRefineParams(iterations=0))
+    seg_self_refine_iter: int = _f(900, min=0)
     amp: bool = _f(True)  # only takes effect on CUDA
     channels_last: bool = _f(True)  # NHWC memory format for cuDNN's fast convolutions; only on CUDA
     workers: int = _f(2, min=0)

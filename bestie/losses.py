@@ -143,13 +143,14 @@ class BestieCriterion(nn.Module):
     ``refine_ms``, the time refinement took (0.0 when it did not run). ``refine_from`` None
     (refinement off) or ``full`` supervision never refines. ``seg_refine`` (keyword arguments
     of :func:`bestie.refine.refine_semantic`; None: off) adds a refined semantic target to the
-    refined labels (``batch["image"]`` is its guide).
+    refined labels from iteration ``seg_refine_from`` on (``batch["image"]`` is its guide).
     """
 
     def __init__(
         self, supervision: str, num_classes: int, *, seg_weight: float, center_weight: float,
         offset_weight: float, hard_pixel_ratio: float, refine_from: int | None, refine_thresh: float,
         refine_nms_kernel: int, refine_max_instances: int, sigma: float, seg_refine: dict | None = None,
+        seg_refine_from: int = 0,
     ):
         super().__init__()
         self.supervision, self.num_classes = supervision, num_classes
@@ -158,14 +159,14 @@ class BestieCriterion(nn.Module):
         self.refine_from = refine_from if supervision != "full" else None
         self.refinement = dict(threshold=refine_thresh, nms_kernel=refine_nms_kernel,
                                max_instances=refine_max_instances, sigma=sigma)
-        self.seg_refine = seg_refine
+        self.seg_refine, self.seg_refine_from = seg_refine, seg_refine_from
 
     def forward(self, outputs: dict, batch: dict, iteration: int) -> dict:
         refined, refine_ms = None, 0.0
         if self.refine_from is not None and iteration >= self.refine_from:
             tic = time.perf_counter()
             refined = self_refine(outputs, batch, self.supervision, self.num_classes, **self.refinement)
-            if self.seg_refine is not None:
+            if self.seg_refine is not None and iteration >= self.seg_refine_from:
                 refined["semantic"] = refine_semantic(batch["image"], outputs["seg"].detach(), batch["semantic"],
                                                       **self.seg_refine)
             refine_ms = 1000 * (time.perf_counter() - tic)

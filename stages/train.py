@@ -67,6 +67,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             refine_thresh=train.refine_thresh, refine_nms_kernel=train.refine_nms_kernel,
             refine_max_instances=train.refine_max_instances, sigma=train.sigma,
             seg_refine=to_dict(train.seg_self_refine) if train.seg_self_refine.iterations else None,
+            seg_refine_from=train.seg_self_refine_iter,
         )
         history = train_loop(
             BestieTraining(model, criterion),

@@ -48,6 +48,7 @@ def train_tiny(model: BestieNet, supervision: str = "cls", params: TrainParams =
         refine_thresh=params.refine_thresh, refine_nms_kernel=params.refine_nms_kernel,
         refine_max_instances=params.refine_max_instances, sigma=params.sigma,
         seg_refine=to_dict(params.seg_self_refine) if params.seg_self_refine.iterations else None,
+        seg_refine_from=params.seg_self_refine_iter,
     )
     return train(
         BestieTraining(model, criterion),
@@ -201,11 +202,12 @@ def test_training_runs_and_logs_for_every_supervision(supervision: str) -> None:
 @pytest.mark.parametrize("supervision", ["cls", "point"])
 def test_semantic_self_refinement_changes_the_segmentation_term(supervision: str) -> None:
     refined = dataclasses.replace(TINY, seg_self_refine=SegRefineParams(iterations=3, texture_window=1, stride=1,
-                                                                        dilations=[1, 2]))
+                                                                        dilations=[1, 2]), seg_self_refine_iter=1)
     plain, with_target = train_tiny(tiny_model(), supervision), train_tiny(tiny_model(), supervision, refined)
     assert all(np.isfinite(row["loss"]) for row in with_target)
-    assert with_target[0]["seg"] != pytest.approx(plain[0]["seg"])
-    assert with_target[0]["center"] == pytest.approx(plain[0]["center"])
+    assert with_target[0]["seg"] == pytest.approx(plain[0]["seg"])  # iteration 0: not yet
+    assert with_target[1]["seg"] != pytest.approx(plain[1]["seg"])
+    assert with_target[1]["center"] == pytest.approx(plain[1]["center"])
 
 
 def test_refinement_switch_and_start_iteration() -> None:
