@@ -55,9 +55,11 @@ ROWS = (
     Row("cls-conf07", "`cls`, WSSS pixels below 0.7 confidence ignored", ("wsss.min_confidence=0.7",)),
     # Boundary-aware self-refinement of the semantics: the network's own segmentation snapped to
     # image edges (PAMR) as a second segmentation target (train.seg_self_refine; not in the paper).
-    Row("cls-segself", "`cls`, segmentation self-refinement (`train.seg_self_refine`)",
+    Row("cls-segself", "`cls`, segmentation self-refinement from iteration 0",
+        ("train.seg_self_refine.iterations=10", "train.seg_self_refine_iter=0")),
+    Row("cls-segself-late", "`cls`, segmentation self-refinement from iteration 900 (`train.seg_self_refine`)",
         ("train.seg_self_refine.iterations=10",)),
-    Row("point-segself", "`point`, segmentation self-refinement (`train.seg_self_refine`)",
+    Row("point-segself-late", "`point`, segmentation self-refinement from iteration 900",
         ("supervision=point", "train.seg_self_refine.iterations=10")),
     # The training budget: three times the default iterations (the held-out upper bound's diagnosis).
     Row("full-3x", "`full`, 3x iterations (5400)", ("supervision=full", "train.iterations=5400")),
