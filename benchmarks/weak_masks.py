@@ -104,8 +104,8 @@ def table(rows: tuple[Row, ...], styles: tuple[str, ...]) -> list[str]:
             full = found.get(experiment_name(full_row, style), {}).get("metrics/bestie.json")
             cells = [f"{bestie[f'voc_map{t}']:.1f}" if bestie else "–" for t in THRESHOLDS]
             for t in SHARES:
-                share = bestie and full and row is not full_row and bestie[f"voc_map{t}"] / full[f"voc_map{t}"]
-                cells.append(f"{share:.2f}" if share else "–")
+                share = bestie[f"voc_map{t}"] / full[f"voc_map{t}"] if bestie and full and row is not full_row else None
+                cells.append("–" if share is None else f"{share:.2f}")
             cells.append(f"{maps['miou']:.1f}" if maps else "–")
             lines.append(f"| {row.label} | {style} | {' | '.join(cells)} |")
     return lines
