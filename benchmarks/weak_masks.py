@@ -1,16 +1,22 @@
 """Mask quality under weak supervision on both synthetic styles, side by side (issue 20).
 
     python benchmarks/weak_masks.py --run    # run every missing experiment (dvc exp run --temp; hours)
-    python benchmarks/weak_masks.py          # print the table of the experiments already run
+    python benchmarks/weak_masks.py          # print the tables of the experiments already run
+    python benchmarks/weak_masks.py --run --mask-rcnn --rows cls full   # through Mask R-CNN too
 
 Each row (a supervision and the levers it switches on) and style (``synthesize.style``:
 ``embedded``, the data the defaults were chosen on; ``heldout`` and ``heldout_looks``, never
-tuned on) is one experiment named ``wm-<row>-<style>``, reproducing ``evaluate``. DVC's run cache makes stages
-that already ran with the same inputs (the default ``dvc repro`` is ``wm-cls-embedded``) a
-lookup. Prints a Markdown table: BESTIE's voc_map at 25/50/70/75 % IoU, each weak row's share
-of ``full`` on the same style, and the mIoU of the semantic maps the pseudo labels are drawn
-from (``metrics/wsss_network.json``: the WSSS network's maps when it is on, else the ``wsss``
-maps); a row and style not run yet gets no line. Asserts nothing.
+tuned on) is one experiment named ``wm-<row>-<style>``, reproducing ``evaluate``; with
+``--mask-rcnn``, ``wm-<row>-<style>-maskrcnn``, reproducing the whole DAG (``export_coco`` and
+``maskrcnn`` too). DVC's run cache makes stages that already ran with the same inputs (the
+default ``dvc repro`` is ``wm-cls-embedded-maskrcnn``) a lookup.
+
+Prints two Markdown tables. BESTIE: its voc_map at 25/50/70/75 % IoU, each weak row's share of
+``full`` on the same style, and the mIoU of the semantic maps the pseudo labels are drawn from
+(``metrics/wsss_network.json``: the WSSS network's maps when it is on, else the ``wsss`` maps).
+BESTIE + Mask R-CNN (the pipeline's final model, what the paper reports): its voc_map, its shares
+of BESTIE ``full`` (issue 20's yardstick) and of ``full``'s own Mask R-CNN. A row and style not
+run yet gets no line. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -73,41 +79,66 @@ ROWS = (
 FULL = "full"
 
 
-def experiment_name(row: Row, style: str) -> str:
-    return f"wm-{row.name}-{style}"
+def experiment_name(row: Row, style: str, mask_rcnn: bool = False) -> str:
+    return f"wm-{row.name}-{style}" + ("-maskrcnn" if mask_rcnn else "")
 
 
-def run_missing(rows: tuple[Row, ...], styles: tuple[str, ...]) -> None:
+def run_missing(rows: tuple[Row, ...], styles: tuple[str, ...], mask_rcnn: bool) -> None:
     """Run the missing experiments one after another: each style's rows, in the order given."""
     done = experiment_metrics()
     for style in styles:
         for row in rows:
-            name = experiment_name(row, style)
+            name = experiment_name(row, style, mask_rcnn)
             if name in done:
                 continue
             overrides = [arg for value in (*row.overrides, f"synthesize.style={style}") for arg in ("-S", value)]
             print(f"running {name}", file=sys.stderr, flush=True)
-            run_dvc("exp", "run", "--temp", "-n", name, *overrides, "evaluate")
+            # No target: the whole DAG. A run through `evaluate` only keeps the baseline's Mask R-CNN metrics.
+            run_dvc("exp", "run", "--temp", "-n", name, *overrides, *([] if mask_rcnn else ["evaluate"]))
+
+
+def _metrics(found: dict, row: Row, style: str, name: str) -> dict | None:
+    """One metrics file of a row and style; for BESTIE's files either run will do, Mask R-CNN's
+    come only from a run that reproduced it (another run carries the baseline's)."""
+    runs = [experiment_name(row, style, True)] + ([] if name == "metrics/maskrcnn.json" else [experiment_name(row, style)])
+    return next((found[run][name] for run in runs if name in found.get(run, {})), None)
+
+
+def _cells(metrics: dict | None, bounds: list[dict | None]) -> list[str]:
+    """voc_map at each threshold, then the share of each bound's voc_map at the SHARES thresholds."""
+    cells = [f"{metrics[f'voc_map{t}']:.1f}" if metrics else "–" for t in THRESHOLDS]
+    for bound in bounds:
+        for t in SHARES:
+            cells.append(f"{metrics[f'voc_map{t}'] / bound[f'voc_map{t}']:.2f}" if metrics and bound else "–")
+    return cells
 
 
 def table(rows: tuple[Row, ...], styles: tuple[str, ...]) -> list[str]:
     found = experiment_metrics()
-    header = [f"voc_map{t}" for t in THRESHOLDS] + [f"map{t} / full" for t in SHARES] + ["mIoU of its maps"]
-    lines = [f"| run | style | {' | '.join(header)} |", "|---|---|" + "---|" * len(header)]
     full_row = next(r for r in ROWS if r.name == FULL)
+    maps_thresholds = [f"voc_map{t}" for t in THRESHOLDS]
+    header = maps_thresholds + [f"map{t} / full" for t in SHARES] + ["mIoU of its maps"]
+    lines = ["BESTIE:", "", f"| run | style | {' | '.join(header)} |", "|---|---|" + "---|" * len(header)]
     for row in rows:
         for style in styles:
-            metrics = found.get(experiment_name(row, style))
-            if metrics is None:  # not run: no line
+            bestie = _metrics(found, row, style, "metrics/bestie.json")
+            if bestie is None:  # not run: no line
                 continue
-            bestie, maps = metrics.get("metrics/bestie.json"), metrics.get("metrics/wsss_network.json")
-            full = found.get(experiment_name(full_row, style), {}).get("metrics/bestie.json")
-            cells = [f"{bestie[f'voc_map{t}']:.1f}" if bestie else "–" for t in THRESHOLDS]
-            for t in SHARES:
-                share = bestie[f"voc_map{t}"] / full[f"voc_map{t}"] if bestie and full and row is not full_row else None
-                cells.append("–" if share is None else f"{share:.2f}")
-            cells.append(f"{maps['miou']:.1f}" if maps else "–")
+            maps = _metrics(found, row, style, "metrics/wsss_network.json")
+            full = _metrics(found, full_row, style, "metrics/bestie.json") if row is not full_row else None
+            cells = _cells(bestie, [full]) + [f"{maps['miou']:.1f}" if maps else "–"]
             lines.append(f"| {row.label} | {style} | {' | '.join(cells)} |")
+    header = maps_thresholds + [f"map{t} / BESTIE full" for t in SHARES] + [f"map{t} / its full" for t in SHARES]
+    lines += ["", "BESTIE + Mask R-CNN:", "", f"| run | style | {' | '.join(header)} |", "|---|---|" + "---|" * len(header)]
+    for row in rows:
+        for style in styles:
+            final = _metrics(found, row, style, "metrics/maskrcnn.json")
+            if final is None:
+                continue
+            bounds = [None, None] if row is full_row else [
+                _metrics(found, full_row, style, "metrics/bestie.json"),
+                _metrics(found, full_row, style, "metrics/maskrcnn.json")]
+            lines.append(f"| {row.label} | {style} | {' | '.join(_cells(final, bounds))} |")
     return lines
 
 
@@ -116,10 +147,11 @@ def main() -> None:
     parser.add_argument("--run", action="store_true", help="run the experiments that are missing first")
     parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], help="only these rows, in this order")
     parser.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES), help="these styles, in this order")
+    parser.add_argument("--mask-rcnn", action="store_true", help="--run: through export_coco and maskrcnn too")
     args = parser.parse_args()
     rows = tuple(next(r for r in ROWS if r.name == name) for name in args.rows) if args.rows else ROWS
     if args.run:
-        run_missing(rows, tuple(args.styles))
+        run_missing(rows, tuple(args.styles), args.mask_rcnn)
     print("\n".join(table(rows, tuple(args.styles))))
 
 
