@@ -2,8 +2,10 @@
 COCO instances file of pseudo labels for Mask R-CNN (docs/method.md §8).
 
 Inference follows the `inference` params, as the `evaluate` stage's does; instances scoring
-below `export_coco.score_thresh` are dropped. With point supervision and
-`export_coco.point_guided`, the training points guide the grouping (one instance a point).
+below the threshold (`export_coco.threshold`: `score_thresh`, or calibrated on the image-level
+labels) are dropped, and with `export_coco.label_filter` those of classes the image is not
+labelled with (bestie.pseudo_export). With point supervision and `export_coco.point_guided`,
+the training points guide the grouping (one instance a point).
 The pseudo labels' quality against the training masks (where the dataset has them) goes to
 the metrics file, as a diagnostic only: nothing downstream trains on those masks.
 Runs as one process or several (`torchrun --nproc_per_node=N stages/export_coco.py`): each
@@ -20,6 +22,7 @@ from bestie.evaluate_split import predict_coco
 from bestie.inference import load_bestie, record_predictor, settings_from_params
 from bestie.io import read_json, write_json, write_metrics
 from bestie.metrics.instances import exported_label_metrics
+from bestie.pseudo_export import select_pseudo_labels
 from bestie.stage import add_arguments, run_stage
 
 
@@ -33,17 +36,19 @@ def main(params: Params, args: argparse.Namespace) -> None:
             point_guided=params.supervision == "point" and options.point_guided,
         )
 
-        coco = predict_coco(
-            predict, manifest.train, manifest.class_names, manifest.category_ids, options.score_thresh,
-            context=context,
-        )
+        predicted = predict_coco(predict, manifest.train, manifest.class_names, manifest.category_ids, context=context)
         if context.is_main:
+            labels = {r.image_id: [manifest.category_ids[c] for c in r.labels] for r in manifest.train}
+            coco, selection = select_pseudo_labels(
+                predicted, labels, score_thresh=options.score_thresh if options.threshold == "fixed" else None,
+                label_filter=options.label_filter,
+            )
             coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}
             write_json(args.out, coco, indent=None)
-            stats = exported_label_metrics(coco, read_json(args.train_gt))
+            stats = selection | exported_label_metrics(coco, read_json(args.train_gt))
             write_metrics(args.metrics, stats)
             print(f"export_coco: {stats['instances']} instances on {stats['images_with_instances']} of "
-                  f"{stats['images']} training images")
+                  f"{stats['images']} training images, score threshold {selection['score_thresh']:.3f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from pycocotools.coco import COCO
 
 from bestie.checkpoint import save_checkpoint
@@ -58,6 +59,31 @@ def test_export_coco_writes_a_loadable_pseudo_label_file(project: Path) -> None:
     metrics = json.loads((project / "metrics/export_coco.json").read_text())
     assert metrics["images"] == 1 and metrics["instances"] == len(coco["annotations"])
     assert {f"train_{k}" for k in METRIC_KEYS} <= set(metrics)
+    assert metrics["score_thresh"] == 0.0 and 0 <= metrics["label_presence_f1"] <= 100
+
+
+def test_export_coco_calibrated_on_the_labels_keeps_labelled_classes_only(project: Path) -> None:
+    torch.manual_seed(1)
+    model = BestieNet(len(VOC_CLASSES), "small", pretrained=False)
+    save_checkpoint(project / "data/models/bestie.pt", model.state_dict(), kind="bestie",
+                    config={"backbone": "small"}, class_names=VOC_CLASSES)
+    params = (project / "params.yaml").read_text()
+    try:
+        write_params(project / "params.yaml", {
+            **yaml.safe_load(params), "export_coco": {"threshold": "labels", "label_filter": True},
+        })
+        result = run_stage("export_coco", project, "--out", "data/coco/labelled.json", "--metrics", "metrics/labelled.json")
+    finally:
+        (project / "params.yaml").write_text(params)
+    assert result.returncode == 0, result.stderr
+
+    manifest = json.loads((project / "data/prepared/manifest.json").read_text())
+    (record,) = manifest["train"]
+    labelled = {manifest["category_ids"][c] for c in record["labels"]}
+    annotations = json.loads((project / "data/coco/labelled.json").read_text())["annotations"]
+    metrics = json.loads((project / "metrics/labelled.json").read_text())
+    assert annotations and {a["category_id"] for a in annotations} <= labelled
+    assert all(a["score"] >= metrics["score_thresh"] for a in annotations)
 
 
 def test_export_coco_without_a_trained_model_is_one_clear_line(project: Path) -> None:
