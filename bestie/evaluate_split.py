@@ -98,12 +98,14 @@ def predict_coco(
     records: Sequence[ImageRecord],
     class_names: Sequence[str],
     category_ids: Sequence[int],
+    min_score: float = 0.0,
     desc: str = "export_coco",
     context: DistContext | None = None,
 ) -> dict | None:
-    """Run ``predict`` on every image of ``records``: a COCO instances dict of all its instances,
-    scores kept (:func:`bestie.pseudo_export.select_pseudo_labels` picks the pseudo labels),
-    annotation ids 1, 2, ... in ``records`` order, with the dataset's own image and ``category_ids``.
+    """Run ``predict`` on every image of ``records``: a COCO instances dict of the instances
+    scoring at least ``min_score`` (scores kept; :func:`bestie.pseudo_export.select_pseudo_labels`
+    picks the pseudo labels among them), annotation ids 1, 2, ... in ``records`` order, with the
+    dataset's own image and ``category_ids``.
 
     With a ``context`` of several processes each predicts its part; the main process returns
     the dict one process would, the others None.
@@ -112,9 +114,11 @@ def predict_coco(
     def predict_one(index: int) -> tuple[dict, list[dict]]:
         record = records[index]
         instances = predict(read_image(record.path), record)
+        keep = np.flatnonzero(instances.scores >= min_score)
         image = {"id": record.image_id, "file_name": record.file_name, "width": record.width, "height": record.height}
         return image, masks_to_annotations(
-            instances.masks, instances.classes, instances.scores, image_id=record.image_id, category_ids=category_ids,
+            instances.masks[keep], instances.classes[keep], instances.scores[keep], image_id=record.image_id,
+            category_ids=category_ids,
         )
 
     merged = _map_sharded(predict_one, len(records), desc, context)

@@ -36,13 +36,14 @@ def main(params: Params, args: argparse.Namespace) -> None:
             point_guided=params.supervision == "point" and options.point_guided,
         )
 
-        predicted = predict_coco(predict, manifest.train, manifest.class_names, manifest.category_ids, context=context)
+        score_thresh = options.score_thresh if options.threshold == "fixed" else None  # None: from the labels
+        predicted = predict_coco(  # a fixed threshold drops instances as they come: less to hold
+            predict, manifest.train, manifest.class_names, manifest.category_ids, min_score=score_thresh or 0.0,
+            context=context,
+        )
         if context.is_main:
             labels = {r.image_id: [manifest.category_ids[c] for c in r.labels] for r in manifest.train}
-            coco, selection = select_pseudo_labels(
-                predicted, labels, score_thresh=options.score_thresh if options.threshold == "fixed" else None,
-                label_filter=options.label_filter,
-            )
+            coco, selection = select_pseudo_labels(predicted, labels, score_thresh, options.label_filter)
             coco["info"] = {"description": f"bestie pseudo labels ({params.supervision} supervision)"}
             write_json(args.out, coco, indent=None)
             stats = selection | exported_label_metrics(coco, read_json(args.train_gt))
