@@ -59,6 +59,7 @@ ROWS = (
     # (hard-pixel mining, chosen with true masks, also up-weights wrong WSSS labels at boundaries).
     Row("cls-seg-all", "`cls`, segmentation loss on every pixel", ("train.hard_pixel_ratio=1.0",)),
     Row("point-seg-all", "`point`, segmentation loss on every pixel", ("supervision=point", "train.hard_pixel_ratio=1.0")),
+    Row("full-seg-all", "`full`, segmentation loss on every pixel", ("supervision=full", "train.hard_pixel_ratio=1.0")),
     # The two levers that helped on heldout_looks, together: better maps, and a loss that trusts them evenly.
     Row("cls-otsu-seg-all", "`cls`, Otsu background and segmentation loss on every pixel",
         ("wsss.background=otsu", "train.hard_pixel_ratio=1.0")),
