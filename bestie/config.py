@@ -279,9 +279,9 @@ class ExportCocoParams:
 
     # fixed: instances scoring below score_thresh are dropped; labels: below the score at which
     # the classes found in each training image agree best with its image-level labels (bestie.pseudo_export)
-    threshold: str = _f("fixed", choices=("fixed", "labels"))
+    threshold: str = _f("labels", choices=("fixed", "labels"))
     score_thresh: float = _f(0.3, min=0.0, max=1.0)
-    label_filter: bool = _f(False)  # drop instances of a class the image is not labelled with
+    label_filter: bool = _f(True)  # drop instances of a class the image is not labelled with
     point_guided: bool = _f(True)  # point supervision: the training points guide the grouping
 
 

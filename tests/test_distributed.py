@@ -62,7 +62,7 @@ def small_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        "max_classes_per_image": 2},
         "inference": {"seg_refine": {"iterations": 2}, "min_size": 4},
         "evaluate": {"gallery": 3},
-        "export_coco": {"score_thresh": 0.0},
+        "export_coco": {"threshold": "fixed", "score_thresh": 0.0, "label_filter": False},  # keep every instance
     })
     _torchrun(project, "synthesize", processes=1)
     _torchrun(project, "prepare", processes=1)

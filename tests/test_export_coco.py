@@ -27,7 +27,7 @@ def project(tmp_path_factory, voc_fixture_root: Path):
     write_params(root / "params.yaml", {
         "data": {"root": str(voc_fixture_root)},
         "evaluate": {"gallery": 1},
-        "export_coco": {"score_thresh": 0.0},
+        "export_coco": {"threshold": "fixed", "score_thresh": 0.0, "label_filter": False},  # keep every instance
         "maskrcnn": {"min_size": [48], "max_size": 64, "iterations": 2, "batch_size": 1,
                      "warmup_iters": 1, "checkpoint_every": 1, "log_every": 1},
     })

@@ -28,7 +28,7 @@ TINY = {
     "synthesize": {"num_train": 24, "num_val": 8},
     "classifier": {"epochs": 1, "lr_steps": [], "batch_size": 8},
     "train": {"iterations": 3, "batch_size": 4, "warmup_iters": 1, "workers": 0, "log_every": 1},
-    "export_coco": {"score_thresh": 0.0},
+    "export_coco": {"threshold": "fixed", "score_thresh": 0.0, "label_filter": False},  # keep every instance
     "maskrcnn": {"iterations": 2, "batch_size": 2, "log_every": 1},
     "evaluate": {"gallery": 2},
 }
