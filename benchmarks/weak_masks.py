@@ -38,9 +38,12 @@ class Row(NamedTuple):
     name: str
     label: str
     overrides: tuple[str, ...]  # `-S` values besides the style
-    export_only: bool = False  # changes export_coco only: always run through Mask R-CNN; BESTIE is its base row's
+    # An export-only variant of this row: same BESTIE, other pseudo labels for Mask R-CNN; always
+    # run through Mask R-CNN, and its BESTIE metrics count as the base row's.
+    base: str | None = None
 
 
+FIXED_EXPORT = ("export_coco.threshold=fixed", "export_coco.label_filter=false")
 ROWS = (
     Row("cls", "`cls`", ()),
     Row("point", "`point`", ("supervision=point",)),
@@ -65,10 +68,11 @@ ROWS = (
         ("wsss.background=otsu", "train.hard_pixel_ratio=1.0")),
     # Mask R-CNN's pseudo labels: the export threshold calibrated on the image-level labels
     # instead of the fixed 0.3, and no instance of a class the image is not labelled with.
-    Row("cls-labels", "`cls`, export threshold from the image-level labels, label filter",
-        ("export_coco.threshold=labels", "export_coco.label_filter=true"), export_only=True),
-    Row("point-labels", "`point`, export threshold from the image-level labels, label filter",
-        ("supervision=point", "export_coco.threshold=labels", "export_coco.label_filter=true"), export_only=True),
+    # Mask R-CNN's pseudo labels as the paper exports them (the default until stop 26): a fixed
+    # threshold 0.3, and any class, against the default's threshold from the image-level labels.
+    *(Row(f"{base}-fixed-export", f"{label}, export at the fixed threshold 0.3, no label filter", (*overrides, *FIXED_EXPORT), base)
+      for base, label, overrides in (("cls", "`cls`", ()), ("point", "`point`", ("supervision=point",)),
+                                     ("full", "`full`", ("supervision=full",)))),
     # Cleaner labels, fewer of them: pixels of WSSS confidence below 0.7 (not 0.5) ignored.
     Row("cls-conf07", "`cls`, WSSS pixels below 0.7 confidence ignored", ("wsss.min_confidence=0.7",)),
     # Boundary-aware self-refinement of the semantics: the network's own segmentation snapped to
@@ -89,6 +93,7 @@ ROWS = (
         ("supervision=full", "inference.seg_refine.iterations=0")),
 )
 FULL = "full"
+ROW_BY_NAME = {row.name: row for row in ROWS}
 
 
 def experiment_name(row: Row, style: str, mask_rcnn: bool = False) -> str:
@@ -100,7 +105,7 @@ def run_missing(rows: tuple[Row, ...], styles: tuple[str, ...], mask_rcnn: bool)
     done = experiment_metrics()
     for style in styles:
         for row in rows:
-            through_mask_rcnn = mask_rcnn or row.export_only
+            through_mask_rcnn = mask_rcnn or row.base is not None
             name = experiment_name(row, style, through_mask_rcnn)
             if name in done:
                 continue
@@ -111,9 +116,12 @@ def run_missing(rows: tuple[Row, ...], styles: tuple[str, ...], mask_rcnn: bool)
 
 
 def _metrics(found: dict, row: Row, style: str, name: str) -> dict | None:
-    """One metrics file of a row and style; for BESTIE's files either run will do, Mask R-CNN's
-    come only from a run that reproduced it (another run carries the baseline's)."""
-    runs = [experiment_name(row, style, True)] + ([] if name == "metrics/maskrcnn.json" else [experiment_name(row, style)])
+    """One metrics file of a row and style. Mask R-CNN's come only from the row's run through it
+    (another run carries the baseline's); BESTIE's from any run of the row or of its export-only
+    variants (``export_coco`` does not change them)."""
+    runs = [experiment_name(row, style, True)]
+    if name != "metrics/maskrcnn.json":
+        runs += [experiment_name(row, style)] + [experiment_name(v, style, True) for v in ROWS if v.base == row.name]
     return next((found[run][name] for run in runs if name in found.get(run, {})), None)
 
 
@@ -135,7 +143,7 @@ def table(rows: tuple[Row, ...], styles: tuple[str, ...]) -> list[str]:
     for row in rows:
         for style in styles:
             bestie = _metrics(found, row, style, "metrics/bestie.json")
-            if bestie is None or row.export_only:  # not run, or the base row's line
+            if bestie is None or row.base is not None:  # not run, or the base row's line
                 continue
             maps = _metrics(found, row, style, "metrics/wsss_network.json")
             full = _metrics(found, full_row, style, "metrics/bestie.json") if row is not full_row else None
@@ -148,9 +156,11 @@ def table(rows: tuple[Row, ...], styles: tuple[str, ...]) -> list[str]:
             final = _metrics(found, row, style, "metrics/maskrcnn.json")
             if final is None:
                 continue
-            bounds = [None, None] if row is full_row else [
+            # Its own full: `full` exported the same way (an export-only variant's is full's same variant).
+            its_full = full_row if row.base is None else ROW_BY_NAME.get(FULL + row.name.removeprefix(row.base))
+            bounds = [None, None] if FULL in (row.name, row.base) else [
                 _metrics(found, full_row, style, "metrics/bestie.json"),
-                _metrics(found, full_row, style, "metrics/maskrcnn.json")]
+                _metrics(found, its_full, style, "metrics/maskrcnn.json") if its_full else None]
             lines.append(f"| {row.label} | {style} | {' | '.join(_cells(final, bounds))} |")
     return lines
 
