@@ -66,9 +66,7 @@ ROWS = (
     # The two levers that helped on heldout_looks, together: better maps, and a loss that trusts them evenly.
     Row("cls-otsu-seg-all", "`cls`, Otsu background and segmentation loss on every pixel",
         ("wsss.background=otsu", "train.hard_pixel_ratio=1.0")),
-    # Mask R-CNN's pseudo labels: the export threshold calibrated on the image-level labels
-    # instead of the fixed 0.3, and no instance of a class the image is not labelled with.
-    # Mask R-CNN's pseudo labels as the paper exports them (the default until stop 26): a fixed
+    # Mask R-CNN's pseudo labels as exported until stop 26 (the published code has no export): a fixed
     # threshold 0.3, and any class, against the default's threshold from the image-level labels.
     *(Row(f"{base}-fixed-export", f"{label}, export at the fixed threshold 0.3, no label filter", (*overrides, *FIXED_EXPORT), base)
       for base, label, overrides in (("cls", "`cls`", ()), ("point", "`point`", ("supervision=point",)),
