@@ -4,7 +4,8 @@ CAM maps, whose predictions are the semantic maps used downstream.
 - :class:`SegmentationTraining`: network + loss as :func:`bestie.training.train` trains them;
   the loss is the cross-entropy against the maps with their unsure pixels (255) ignored
   (:func:`bestie.losses.hard_pixel_cross_entropy`; ``hard_pixel_ratio`` 1 is the plain mean);
-- :func:`predict_semantic_map`: one image's map, restricted to its image-level classes.
+- :func:`predict_semantic_map`: one image's map, restricted to its image-level classes
+  (:func:`restrict_to_classes`, :func:`confident_labels`: also for any network's segmentation logits).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from bestie.losses import hard_pixel_cross_entropy
 from bestie.runtime import autocast
 from bestie.structures import IGNORE
 
-__all__ = ["SegmentationTraining", "predict_semantic_map"]
+__all__ = ["SegmentationTraining", "confident_labels", "predict_semantic_map", "restrict_to_classes"]
 
 
 class SegmentationTraining(nn.Module):
@@ -31,6 +32,22 @@ class SegmentationTraining(nn.Module):
         logits = self.network(batch["image"])["seg"]
         with autocast(batch["image"].device, enabled=False):
             return {"loss": hard_pixel_cross_entropy(logits.float(), batch["semantic"], self.hard_pixel_ratio)}
+
+
+def restrict_to_classes(logits: Tensor, classes: Tensor) -> Tensor:
+    """``logits`` [..., C+1, H, W] with every class but the background and ``classes`` ([K] int64,
+    0-based) at -inf: their softmax probability is 0."""
+    allowed = torch.zeros(logits.shape[-3], dtype=torch.bool, device=logits.device)
+    allowed[0] = True
+    allowed[classes + 1] = True
+    return logits.masked_fill(~allowed.view(-1, 1, 1), float("-inf"))
+
+
+def confident_labels(probs: Tensor, min_confidence: float) -> Tensor:
+    """[C+1, H, W] class probabilities -> [H, W] uint8 map: the winning label (0 background, c+1
+    class c), 255 where its probability is below ``min_confidence``."""
+    confidence, labels = probs.max(dim=0)
+    return labels.masked_fill(confidence < min_confidence, IGNORE).to(torch.uint8)
 
 
 @torch.no_grad()
@@ -48,15 +65,6 @@ def predict_semantic_map(
         [H, W] uint8: 0 background, c+1 class c, 255 unsure.
     """
     images = torch.stack([image, image.flip(-1)]) if flip else image[None]
-    logits = network(images)["seg"].float()  # [1 or 2, C+1, H, W]
-    allowed = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-    allowed[0] = True
-    allowed[classes + 1] = True
-    logits = logits.masked_fill(~allowed.view(1, -1, 1, 1), float("-inf"))
-    probs = logits.softmax(dim=1)
-    if flip:
-        probs = 0.5 * (probs[0] + probs[1].flip(-1))
-    else:
-        probs = probs[0]
-    confidence, labels = probs.max(dim=0)
-    return labels.masked_fill(confidence < min_confidence, IGNORE).to(torch.uint8)
+    probs = restrict_to_classes(network(images)["seg"].float(), classes).softmax(dim=1)  # [1 or 2, C+1, H, W]
+    probs = 0.5 * (probs[0] + probs[1].flip(-1)) if flip else probs[0]
+    return confident_labels(probs, min_confidence)

@@ -21,7 +21,7 @@ from bestie.distributed import DistContext
 from bestie.errors import BestieError
 from bestie.models import SegmentationNet, SmallBackbone
 from bestie.training import LoopSettings, build_optimizer, iteration_batches, poly_lr, train
-from bestie.wsss_network import SegmentationTraining, predict_semantic_map
+from bestie.wsss_network import SegmentationTraining, confident_labels, predict_semantic_map, restrict_to_classes
 
 from .helpers import run_stage, write_params
 
@@ -205,3 +205,19 @@ def test_with_the_network_on_the_stage_writes_its_predictions(prepared: Path, vo
     assert metrics["network"] == 1 and "miou" in metrics and "miou_wsss_input" in metrics
     assert len((prepared / "metrics/wsss_network/log.tsv").read_text().splitlines()) == 3
     assert not list((prepared / "data/train_state").glob("wsss_network-*.pt"))  # a finished run leaves no state
+
+
+def test_restriction_zeroes_the_other_classes_for_single_and_batched_logits() -> None:
+    logits = torch.randn(2, 5, 3, 4)
+    restricted = restrict_to_classes(logits, torch.tensor([1, 3]))
+    probs = restricted.softmax(dim=1)
+    assert probs[:, [1, 3]].eq(0).all()  # classes 0 and 2 (labels 1, 3) are not the image's
+    torch.testing.assert_close(restricted[:, [0, 2, 4]], logits[:, [0, 2, 4]])
+    torch.testing.assert_close(restrict_to_classes(logits[0], torch.tensor([1, 3])), restricted[0])
+
+
+def test_confident_labels_mark_the_unsure_pixels() -> None:
+    probs = torch.tensor([[[0.6, 0.2]], [[0.4, 0.3]], [[0.0, 0.5]]])  # [3, 1, 2]
+    np.testing.assert_array_equal(confident_labels(probs, 0.0).numpy(), [[0, 2]])
+    np.testing.assert_array_equal(confident_labels(probs, 0.55).numpy(), [[0, 255]])
+    assert confident_labels(probs, 0.0).dtype == torch.uint8
