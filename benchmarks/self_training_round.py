@@ -93,7 +93,8 @@ def main() -> None:
         stage("evaluate", "--model", str(run / "bestie.pt"), "--out", str(run / "eval"),
               "--metrics", str(run / "bestie.json"), "--gallery", str(run / "gallery"))
 
-    rows = [("round 1 (the workspace)", wsss_metrics_file, Path("metrics/pseudo_labels.json"), Path("metrics/bestie.json"))]
+    rows = [("round 1 (the workspace)", wsss_metrics_file, Path("metrics/pseudo_labels.json"),
+             Path("metrics/bestie.json"))]
     rows += [(name, maps_metrics, work / "pseudo_labels.json", run / "bestie.json")
              for name, (run, _, maps_metrics) in variants.items()]
     print(f"| model | segmentation target: mIoU (train) | pseudo instances: precision50 / recall50 | "
