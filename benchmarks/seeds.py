@@ -135,11 +135,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="store_true", help="run the experiments that are missing first")
     parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], help="only these rows")
+    parser.add_argument("--seeds", nargs="+", type=int, choices=SEEDS, default=list(SEEDS), help="only these seeds")
     args = parser.parse_args()
     rows = tuple(r for r in ROWS if not args.rows or r.name in args.rows)
+    seeds = tuple(seed for seed in SEEDS if seed in args.seeds)
     if args.run:
-        run_missing(rows, SEEDS)
-    print("\n".join(table(rows, SEEDS)))
+        run_missing(rows, seeds)
+    print("\n".join(table(rows, seeds)))
 
 
 if __name__ == "__main__":
