@@ -2,10 +2,12 @@
 
     python benchmarks/seeds.py --run    # run every missing experiment (dvc exp run --temp; hours)
     python benchmarks/seeds.py          # print the table of the experiments already run
+    python benchmarks/seeds.py --rows cls-heldout_looks --seeds 3407 1   # some rows and seeds
 
 Each row and seed is one experiment named ``<row>-s<seed>``: the default params with the
 row's ``-S`` overrides and ``-S seed=<seed>`` (the seed of every stage: classifier, BESTIE and
-Mask R-CNN training). DVC's run cache makes a run whose stages already ran with the same
+Mask R-CNN training); a row may read its seed-3407 run from ``weak_masks.py``'s experiment of the
+same params instead. DVC's run cache makes a run whose stages already ran with the same
 inputs (e.g. the default ``dvc repro``, or ``cls`` for ``cls-mrcnn``) a lookup, not a
 re-computation. Prints a Markdown table: mean ± sample standard deviation over the seeds,
 and each seed's value; asserts nothing.
