@@ -33,7 +33,7 @@ from bestie.data.manifest import class_map_path, load_manifest
 from bestie.data.png import read_label_png, write_label_png
 from bestie.inference import load_bestie, network_outputs, refine_segmentation
 from bestie.io import atomic_dir, read_image, read_json, write_metrics
-from bestie.metrics.segmentation import wsss_confusions, wsss_metrics
+from bestie.metrics.segmentation import SemanticMapTally
 from bestie.runtime import select_device
 from bestie.wsss_network import confident_labels, restrict_to_classes
 
@@ -46,9 +46,7 @@ def relabel(model_path: Path, prepared: Path, out: Path, metrics_path: Path, *, 
     """Step 1: the model's refined, class-restricted segmentation of every training image as a WSSS map."""
     manifest = load_manifest(prepared / "manifest.json")
     model, _ = load_bestie(model_path, device, class_names=manifest.class_names)
-    num_labels = manifest.num_classes + 1
-    confusions = torch.zeros(3, num_labels, num_labels, dtype=torch.int64)
-    ignored = total = evaluated = 0
+    tally = SemanticMapTally(manifest.num_classes + 1)
     with atomic_dir(out, replace=True) as out_dir:
         for record in tqdm(manifest.train, desc="relabel", unit="image", disable=None):
             normalized, seg, _, _ = network_outputs(model, read_image(record.path), device, flip)
@@ -58,14 +56,10 @@ def relabel(model_path: Path, prepared: Path, out: Path, metrics_path: Path, *, 
                                             dilations=refine.dilations)
             labels = confident_labels(log_probs.softmax(dim=0), min_confidence).cpu()
             write_label_png(Path(out_dir) / f"{record.name}.png", labels.numpy())
-            ignored += int((labels == 255).sum())
-            total += labels.numel()
-            if record.has_masks:
-                truth = torch.from_numpy(read_label_png(class_map_path(prepared, "train", record.name)))
-                confusions += wsss_confusions(None, labels, truth, num_labels)
-                evaluated += 1
-    write_metrics(metrics_path, wsss_metrics(confusions, manifest.class_names, len(manifest.train), evaluated,
-                                             ignored, total, raw_cam=False))
+            truth = (torch.from_numpy(read_label_png(class_map_path(prepared, "train", record.name)))
+                     if record.has_masks else None)
+            tally.add(labels, truth)
+    write_metrics(metrics_path, tally.metrics(manifest.class_names, raw_cam=False))
 
 
 def stage(script: str, *args: str) -> None:

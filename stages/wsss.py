@@ -25,7 +25,7 @@ from bestie.data.png import read_label_png, write_label_png
 from bestie.data.precomputed import input_dir, read_label_map
 from bestie.data.transforms import normalize
 from bestie.io import atomic_dir, read_image, write_metrics
-from bestie.metrics.segmentation import wsss_confusions, wsss_metrics
+from bestie.metrics.segmentation import SemanticMapTally
 from bestie.runtime import select_device
 from bestie.stage import add_arguments, run_stage
 from bestie.visualize import cam_overlay, colorize_labels, panels
@@ -58,9 +58,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.prepared) / "manifest.json")
     maps_of = label_maps(params, args, manifest)
 
-    num_labels = manifest.num_classes + 1
-    confusions = torch.zeros(3, num_labels, num_labels, dtype=torch.int64)
-    ignored = total = evaluated = 0
+    tally = SemanticMapTally(manifest.num_classes + 1)
     gallery = {}
     start = time.perf_counter()
     with atomic_dir(args.out, replace=True) as out_dir:
@@ -68,14 +66,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
             maps = maps_of(record)
             refined = maps.refined.cpu()
             write_label_png(Path(out_dir) / f"{record.name}.png", refined.numpy())
-            ignored += int((refined == 255).sum())
-            total += refined.numel()
             if not record.has_masks:
+                tally.add(refined)
                 continue
             truth = torch.from_numpy(read_label_png(class_map_path(args.prepared, "train", record.name)))
             raw = None if maps.raw is None else maps.raw.cpu()
-            confusions += wsss_confusions(raw, refined, truth, num_labels)
-            evaluated += 1
+            tally.add(refined, truth, raw)
             if len(gallery) < cfg.gallery:
                 image = read_image(record.path)
                 pictures = [image, colorize_labels(refined.numpy()), colorize_labels(truth.numpy())]
@@ -90,10 +86,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         for name, picture in gallery.items():
             Image.fromarray(picture).save(Path(gallery_dir) / f"{name}.png")
 
-    metrics = wsss_metrics(
-        confusions, manifest.class_names, len(manifest.train), evaluated, ignored, total,
-        raw_cam=cfg.source == "compute",
-    )
+    metrics = tally.metrics(manifest.class_names, raw_cam=cfg.source == "compute")
     write_metrics(args.metrics, metrics)
     raw_cam = f" (raw CAM {metrics['miou_raw_cam']})" if "miou_raw_cam" in metrics else ""
     summary = f"mIoU {metrics.get('miou')}{raw_cam}"

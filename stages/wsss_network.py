@@ -29,7 +29,7 @@ from bestie.data.transforms import normalize
 from bestie.distributed import DistContext
 from bestie.fingerprint import find_run_state, run_fingerprint, stage_code_files
 from bestie.io import atomic_dir, read_image, write_metrics, write_tsv
-from bestie.metrics.segmentation import wsss_confusions, wsss_metrics
+from bestie.metrics.segmentation import SemanticMapTally
 from bestie.models import SegmentationNet
 from bestie.runtime import seed_everything, select_device
 from bestie.stage import add_arguments, run_stage
@@ -86,9 +86,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     model, history = train_network(params, args, manifest, device) if params.wsss.network else (None, [])
     options = params.wsss_network
 
-    num_labels = manifest.num_classes + 1
-    confusions = torch.zeros(3, num_labels, num_labels, dtype=torch.int64)
-    ignored = total = evaluated = 0
+    tally = SemanticMapTally(manifest.num_classes + 1)
     with atomic_dir(args.out, replace=True) as out_dir:
         for record in tqdm(manifest.train, desc="wsss_network", unit="image", disable=None):
             source, target = Path(args.wsss) / f"{record.name}.png", Path(out_dir) / f"{record.name}.png"
@@ -102,15 +100,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
                 labels = predict_semantic_map(model, image, classes, flip=options.flip,
                                               min_confidence=options.min_confidence).cpu()
                 write_label_png(target, labels.numpy())
-            ignored += int((labels == 255).sum())
-            total += labels.numel()
-            if record.has_masks:
-                truth = torch.from_numpy(read_label_png(class_map_path(args.prepared, "train", record.name)))
-                confusions += wsss_confusions(given, labels, truth, num_labels)
-                evaluated += 1
+            truth = (torch.from_numpy(read_label_png(class_map_path(args.prepared, "train", record.name)))
+                     if record.has_masks else None)
+            tally.add(labels, truth, raw=given)  # the first confusion scores the maps given
     write_tsv(args.log, LOG_COLUMNS, history)
 
-    metrics = wsss_metrics(confusions, manifest.class_names, len(manifest.train), evaluated, ignored, total)
+    metrics = tally.metrics(manifest.class_names)
     if "miou_raw_cam" in metrics:  # the first confusion scored the maps given, not raw CAMs
         metrics["miou_wsss_input"] = metrics.pop("miou_raw_cam")
     write_metrics(args.metrics, {"network": int(params.wsss.network), **metrics})

@@ -11,7 +11,9 @@ import torch
 from bestie.structures import GroundTruth
 from bestie.metrics.classification import classification_metrics, multilabel_average_precision
 from bestie.metrics.peaks import peak_statistics
-from bestie.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, wsss_confusions, wsss_metrics
+from bestie.metrics.segmentation import (
+    SemanticMapTally, confusion_matrix, iou_per_class, mean_iou, wsss_confusions, wsss_metrics,
+)
 
 # --------------------------------------------------------------------------- classification
 
@@ -124,3 +126,16 @@ def test_wsss_metrics_hand_worked() -> None:
     assert wsss_metrics(torch.zeros(3, 2, 2, dtype=torch.int64), ["cat"], 3, 0, 0, 0) == {
         "num_images": 3, "num_evaluated": 0, "ignore_share": 0.0,
     }
+
+
+def test_semantic_map_tally_sums_images_as_the_stages_did() -> None:
+    truth = torch.tensor([[0, 1], [1, 0]])
+    scored = torch.tensor([[0, 1], [255, 0]])
+    unscored = torch.tensor([[255, 255], [1, 1]])
+    tally = SemanticMapTally(num_labels=2)
+    tally.add(scored, truth)
+    tally.add(unscored)  # no ground truth: counts for the ignore share only
+    expected = wsss_metrics(wsss_confusions(None, scored, truth, 2), ["a"], num_images=2, num_evaluated=1,
+                            ignored_pixels=3, total_pixels=8, raw_cam=False)
+    assert tally.metrics(["a"], raw_cam=False) == expected
+    assert expected["ignore_share"] == 0.375 and expected["num_evaluated"] == 1

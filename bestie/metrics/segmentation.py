@@ -13,7 +13,7 @@ from torch import Tensor
 
 from bestie.structures import IGNORE
 
-__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "wsss_confusions", "wsss_metrics"]
+__all__ = ["SemanticMapTally", "confusion_matrix", "iou_per_class", "mean_iou", "wsss_confusions", "wsss_metrics"]
 
 
 def confusion_matrix(prediction: Tensor, target: Tensor, num_labels: int) -> Tensor:
@@ -99,3 +99,26 @@ def wsss_metrics(
             **{f"iou_{name}": round(100 * v, 2) for name, v in zip(("background", *class_names), iou.tolist())},
         )
     return metrics
+
+
+class SemanticMapTally:
+    """Semantic maps scored one image at a time, for :func:`wsss_metrics` at the end."""
+
+    def __init__(self, num_labels: int):
+        self.num_labels = num_labels
+        self.confusions = torch.zeros(3, num_labels, num_labels, dtype=torch.int64)
+        self.images = self.evaluated = self.ignored = self.total = 0
+
+    def add(self, refined: Tensor, truth: Tensor | None = None, raw: Tensor | None = None) -> None:
+        """One image's ``[H, W]`` map (255 unsure), scored when its ground truth is given
+        (``raw``: its CAM threshold map, as :func:`wsss_confusions`)."""
+        self.images += 1
+        self.ignored += int((refined == IGNORE).sum())
+        self.total += refined.numel()
+        if truth is not None:
+            self.confusions += wsss_confusions(raw, refined, truth, self.num_labels)
+            self.evaluated += 1
+
+    def metrics(self, class_names: Sequence[str], raw_cam: bool = True) -> dict[str, float]:
+        return wsss_metrics(self.confusions, class_names, self.images, self.evaluated, self.ignored, self.total,
+                            raw_cam=raw_cam)
