@@ -81,6 +81,14 @@ ROWS = (
         ("train.seg_self_refine.iterations=10",)),
     Row("point-segself-late", "`point`, segmentation self-refinement from iteration 900",
         ("supervision=point", "train.seg_self_refine.iterations=10")),
+    # A boundary-aware loss: a pixel's label agrees with the neighbours it looks like (PAMR's
+    # affinity; train.pairwise, not in the paper), alone and with the loss on every pixel.
+    Row("cls-pairwise", "`cls`, boundary-aware pairwise loss (`train.pairwise.weight=1`)", ("train.pairwise.weight=1.0",)),
+    Row("cls-seg-all-pairwise", "`cls`, pairwise loss and segmentation loss on every pixel",
+        ("train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")),
+    Row("point-pairwise", "`point`, pairwise loss", ("supervision=point", "train.pairwise.weight=1.0")),
+    Row("point-seg-all-pairwise", "`point`, pairwise loss and segmentation loss on every pixel",
+        ("supervision=point", "train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")),
     # The training budget: three times the default iterations (the held-out upper bound's diagnosis).
     Row("full-3x", "`full`, 3x iterations (5400)", ("supervision=full", "train.iterations=5400")),
     # Inference-only levers (only `evaluate` re-runs): the segmentation refinement, chosen on embedded val.

@@ -209,6 +209,18 @@ class SegRefineParams:
 
 
 @dataclass(frozen=True)
+class PairwiseParams:
+    """A boundary-aware segmentation loss (bestie.losses.pairwise_affinity_loss; not in the paper):
+    a pixel's label should agree with the neighbours it looks like, weighted by the ``wsss``
+    stage's PAMR affinity on the training image."""
+
+    weight: float = _f(0.0, min=0.0)  # 0: off
+    texture_window: int = _f(5, choices=(1, 3, 5, 7, 9))  # guide: colour + local mean, std (1: colour)
+    stride: int = _f(2, choices=(1, 2, 4))  # on a grid this many times coarser
+    dilations: list[int] = _f([1, 2, 4], min=1, nonempty=True)  # neighbourhoods, in coarse px
+
+
+@dataclass(frozen=True)
 class TrainParams(LoopCadenceParams):
     """The BESTIE network and its training with self-refinement (docs/method.md §4-§6)."""
 
@@ -242,6 +254,7 @@ class TrainParams(LoopCadenceParams):
     # early segmentation is background everywhere); iterations 0: off. Not in the paper.
     seg_self_refine: SegRefineParams = field(default_factory=lambda: SegRefineParams(iterations=0))
     seg_self_refine_iter: int = _f(900, min=0)
+    pairwise: PairwiseParams = field(default_factory=PairwiseParams)
     amp: bool = _f(True)  # only takes effect on CUDA
     channels_last: bool = _f(True)  # NHWC memory format for cuDNN's fast convolutions; only on CUDA
     workers: int = _f(2, min=0)

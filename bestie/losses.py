@@ -5,6 +5,9 @@ self-refinement (§6).
 - center: squared error against the class-wise center heatmap, counted on weighted pixels;
 - offset: absolute error against the offset map, counted the same way.
 
+Optionally (``train.pairwise``, not in the paper) a boundary-aware segmentation term,
+:func:`pairwise_affinity_loss`: neighbouring pixels that look alike should share a label.
+
 The weight map is the "instance-aware guidance": 0 outside accepted instances, so the
 center and offset terms learn only where a pseudo label exists.
 
@@ -20,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bestie.edge_refine import mean_pool, neighbour_offsets, pamr_affinity, texture_guide
 from bestie.refine import refine_image_level, refine_point_level, refine_semantic
 from bestie.runtime import autocast
 from bestie.structures import IGNORE
 
 __all__ = [
-    "hard_pixel_cross_entropy", "weighted_mse", "weighted_l1", "compute_losses", "self_refine",
-    "BestieCriterion", "BestieTraining",
+    "hard_pixel_cross_entropy", "weighted_mse", "weighted_l1", "pairwise_affinity", "pairwise_affinity_loss",
+    "compute_losses", "self_refine", "BestieCriterion", "BestieTraining",
 ]
 
 
@@ -74,6 +78,72 @@ def weighted_l1(prediction: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     Absolute errors of dy and dx are summed per pixel, then averaged over weighted pixels.
     """
     return _weighted_mean((prediction - target).abs(), weight)
+
+
+@torch.no_grad()
+def pairwise_affinity(images: Tensor, *, texture_window: int, stride: int, dilations: list[int]) -> Tensor:
+    """How alike each pixel looks to each of its neighbours, on a grid ``stride`` times coarser:
+    the weights of the ``wsss`` stage's PAMR (:func:`bestie.edge_refine.pamr_affinity` on the
+    :func:`bestie.edge_refine.texture_guide` average-pooled by the stride, as
+    :func:`bestie.edge_refine.refine_scores` does), so the pairwise loss and the refinements
+    agree on where the edges are.
+
+    Args:
+        images: [B, 3, H, W] float.
+    Returns:
+        [B, P, ceil(H / stride), ceil(W / stride)] float32, P = 8 ``len(dilations)`` neighbours
+        in :func:`bestie.edge_refine.neighbour_offsets` order; over P a pixel's weights sum to 1.
+    """
+    weights = []
+    for image in images.float():
+        guide = texture_guide(image, texture_window)
+        if stride > 1:
+            guide = mean_pool(guide, stride)
+        height, width = guide.shape[-2:]
+        weights.append(pamr_affinity(guide, dilations).t().reshape(-1, height, width))
+    return torch.stack(weights)
+
+
+def pairwise_affinity_loss(seg_logits: Tensor, affinity: Tensor, *, stride: int, dilations: list[int]) -> Tensor:
+    """Boundary-aware segmentation loss: each pixel's label should agree with the neighbours it
+    looks like, so the label changes where the image does.
+
+    A pairwise term in the manner of BoxInst's (Tian et al., CVPR 2021), over every pixel (the
+    WSSS map's unsure ones too): with ``p`` the class probabilities average-pooled by
+    ``stride`` and ``j`` each neighbour of pixel ``i`` at the offsets
+    :func:`bestie.edge_refine.neighbour_offsets` gives (in coarse pixels), weighted by the
+    affinity ``w_ij``::
+
+        - sum_ij w_ij log P(i and j share a label),  P = sum_k p_i(k) p_j(k)
+
+    divided by the sum of the weights. Pairs reaching outside the image are not counted.
+
+    Args:
+        seg_logits: [B, K, H, W] segmentation logits.
+        affinity: [B, P, ceil(H / stride), ceil(W / stride)] (:func:`pairwise_affinity` of the
+            same stride and dilations).
+    Returns:
+        scalar.
+    """
+    probs = seg_logits.float().softmax(dim=1)
+    if stride > 1:
+        probs = F.avg_pool2d(probs, stride, ceil_mode=True)
+    offsets = neighbour_offsets(dilations)
+    if affinity.shape[1] != len(offsets) or affinity.shape[-2:] != probs.shape[-2:]:
+        raise ValueError(f"affinity {tuple(affinity.shape)} does not match {len(offsets)} neighbours "
+                         f"of {tuple(probs.shape[-2:])} pixels")
+    height, width = probs.shape[-2:]
+    total = probs.new_zeros(())
+    total_weight = probs.new_zeros(())
+    for p, (dy, dx) in enumerate(offsets):
+        # Pixels i whose neighbour i + (dy, dx) lies inside the image, and those neighbours.
+        rows_i, cols_i = slice(max(0, -dy), height - max(0, dy)), slice(max(0, -dx), width - max(0, dx))
+        rows_j, cols_j = slice(max(0, dy), height + min(0, dy)), slice(max(0, dx), width + min(0, dx))
+        same = (probs[..., rows_i, cols_i] * probs[..., rows_j, cols_j]).sum(dim=1)
+        weight = affinity[:, p, rows_i, cols_i]
+        total = total - (weight * same.clamp_min(1e-6).log()).sum()
+        total_weight = total_weight + weight.sum()
+    return total / total_weight.clamp_min(1e-6)
 
 
 def compute_losses(
@@ -144,13 +214,15 @@ class BestieCriterion(nn.Module):
     (refinement off) or ``full`` supervision never refines. ``seg_refine`` (keyword arguments
     of :func:`bestie.refine.refine_semantic`; None: off) adds a refined semantic target to the
     refined labels from iteration ``seg_refine_from`` on (``batch["image"]`` is its guide).
+    ``pairwise_weight`` > 0 adds :func:`pairwise_affinity_loss` (``pairwise``: the keyword
+    arguments of :func:`pairwise_affinity`) to the loss, as the term ``"pairwise"``.
     """
 
     def __init__(
         self, supervision: str, num_classes: int, *, seg_weight: float, center_weight: float,
         offset_weight: float, hard_pixel_ratio: float, refine_from: int | None, refine_thresh: float,
         refine_nms_kernel: int, refine_max_instances: int, sigma: float, seg_refine: dict | None = None,
-        seg_refine_from: int = 0,
+        seg_refine_from: int = 0, pairwise_weight: float = 0.0, pairwise: dict | None = None,
     ):
         super().__init__()
         self.supervision, self.num_classes = supervision, num_classes
@@ -160,6 +232,9 @@ class BestieCriterion(nn.Module):
         self.refinement = dict(threshold=refine_thresh, nms_kernel=refine_nms_kernel,
                                max_instances=refine_max_instances, sigma=sigma)
         self.seg_refine, self.seg_refine_from = seg_refine, seg_refine_from
+        if pairwise_weight > 0 and pairwise is None:
+            raise ValueError("pairwise_weight > 0 needs the pairwise affinity's settings")
+        self.pairwise_weight, self.pairwise = pairwise_weight, pairwise
 
     def forward(self, outputs: dict, batch: dict, iteration: int) -> dict:
         refined, refine_ms = None, 0.0
@@ -170,7 +245,13 @@ class BestieCriterion(nn.Module):
                 refined["semantic"] = refine_semantic(batch["image"], outputs["seg"].detach(), batch["semantic"],
                                                       **self.seg_refine)
             refine_ms = 1000 * (time.perf_counter() - tic)
-        return {**compute_losses(outputs, batch, refined, **self.weights), "refine_ms": refine_ms}
+        losses = compute_losses(outputs, batch, refined, **self.weights)
+        if self.pairwise_weight > 0:
+            affinity = pairwise_affinity(batch["image"], **self.pairwise)
+            losses["pairwise"] = pairwise_affinity_loss(outputs["seg"], affinity, stride=self.pairwise["stride"],
+                                                        dilations=self.pairwise["dilations"])
+            losses["loss"] = losses["loss"] + self.pairwise_weight * losses["pairwise"]
+        return {**losses, "refine_ms": refine_ms}
 
 
 class BestieTraining(nn.Module):

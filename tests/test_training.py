@@ -11,13 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bestie.config import SegRefineParams, TrainParams, to_dict
+from bestie.config import PairwiseParams, SegRefineParams, TrainParams, to_dict
 from bestie.data.instance_dataset import collate_samples
 from bestie.distributed import DistContext
 from bestie.errors import BestieError
 from bestie.fingerprint import find_run_state
+from bestie.edge_refine import neighbour_offsets
 from bestie.losses import (
-    BestieCriterion, BestieTraining, compute_losses, hard_pixel_cross_entropy, weighted_l1, weighted_mse,
+    BestieCriterion, BestieTraining, compute_losses, hard_pixel_cross_entropy, pairwise_affinity,
+    pairwise_affinity_loss, weighted_l1, weighted_mse,
 )
 from bestie.models import BestieNet, SmallBackbone
 from bestie.training import (
@@ -48,7 +50,9 @@ def train_tiny(model: BestieNet, supervision: str = "cls", params: TrainParams =
         refine_thresh=params.refine_thresh, refine_nms_kernel=params.refine_nms_kernel,
         refine_max_instances=params.refine_max_instances, sigma=params.sigma,
         seg_refine=to_dict(params.seg_self_refine) if params.seg_self_refine.iterations else None,
-        seg_refine_from=params.seg_self_refine_iter,
+        seg_refine_from=params.seg_self_refine_iter, pairwise_weight=params.pairwise.weight,
+        pairwise={"texture_window": params.pairwise.texture_window, "stride": params.pairwise.stride,
+                  "dilations": params.pairwise.dilations},
     )
     return train(
         BestieTraining(model, criterion),
@@ -186,6 +190,64 @@ def test_refined_terms_are_averaged_with_pseudo_label_terms() -> None:
     assert refined_seg["seg"] == pytest.approx(seg_plain / 2)
 
 
+def two_region_image(height: int = 12, width: int = 16, edge: int = 8) -> torch.Tensor:
+    """[1, 3, H, W]: dark left of column ``edge``, bright from it on, with a little noise."""
+    torch.manual_seed(0)
+    image = torch.full((1, 3, height, width), -1.0)
+    image[..., edge:] = 1.0
+    return image + 0.05 * torch.randn_like(image)
+
+
+def labelling_logits(height: int, width: int, boundary: int) -> torch.Tensor:
+    """[1, 2, H, W] confident logits: class 0 left of column ``boundary``, class 1 from it on."""
+    logits = torch.full((1, 2, height, width), -6.0)
+    logits[0, 0, :, :boundary] = 6.0
+    logits[0, 1, :, boundary:] = 6.0
+    return logits
+
+
+def test_pairwise_loss_is_lowest_when_the_label_changes_at_the_image_edge() -> None:
+    image, dilations = two_region_image(), [1, 2]
+    affinity = pairwise_affinity(image, texture_window=1, stride=1, dilations=dilations)
+    loss = {boundary: pairwise_affinity_loss(labelling_logits(12, 16, boundary), affinity, stride=1,
+                                             dilations=dilations).item()
+            for boundary in (0, 4, 8, 12)}
+    assert loss[0] < 0.01  # one confident label everywhere: every pair agrees
+    assert loss[8] < 0.1  # the label changes only across the edge, which the affinity does not cross
+    assert loss[4] > 0.5 and loss[12] > 0.5  # a change inside a uniform region costs
+    assert loss[8] < loss[4] / 5 and loss[8] < loss[12] / 5
+
+
+def test_pairwise_loss_matches_its_definition_pair_by_pair() -> None:
+    torch.manual_seed(1)
+    logits, dilations = torch.randn(2, 3, 5, 6), [1, 2]
+    affinity = torch.rand(2, 16, 5, 6)
+    probs = logits.softmax(dim=1)
+    total = weight_total = 0.0
+    for b in range(2):
+        for p, (dy, dx) in enumerate(neighbour_offsets(dilations)):
+            for y in range(5):
+                for x in range(6):
+                    if 0 <= y + dy < 5 and 0 <= x + dx < 6:  # pairs reaching outside are not counted
+                        same = (probs[b, :, y, x] * probs[b, :, y + dy, x + dx]).sum()
+                        total -= affinity[b, p, y, x] * same.log()
+                        weight_total += affinity[b, p, y, x]
+    loss = pairwise_affinity_loss(logits, affinity, stride=1, dilations=dilations)
+    assert loss.item() == pytest.approx(float(total / weight_total), rel=1e-5)
+
+
+def test_pairwise_affinity_is_a_distribution_over_neighbours_on_the_coarse_grid() -> None:
+    image = two_region_image(height=11, width=15)
+    affinity = pairwise_affinity(image, texture_window=5, stride=2, dilations=[1, 2, 4])
+    assert affinity.shape == (1, 24, 6, 8)
+    assert torch.allclose(affinity.sum(dim=1), torch.ones(1, 6, 8), atol=1e-5)
+    logits = torch.randn(1, 3, 11, 15, requires_grad=True)
+    pairwise_affinity_loss(logits, affinity, stride=2, dilations=[1, 2, 4]).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="does not match"):
+        pairwise_affinity_loss(logits, affinity, stride=1, dilations=[1, 2, 4])
+
+
 # -- the loop ------------------------------------------------------------------------------
 
 
@@ -208,6 +270,19 @@ def test_semantic_self_refinement_changes_the_segmentation_term(supervision: str
     assert with_target[0]["seg"] == pytest.approx(plain[0]["seg"])  # iteration 0: not yet
     assert with_target[1]["seg"] != pytest.approx(plain[1]["seg"])
     assert with_target[1]["center"] == pytest.approx(plain[1]["center"])
+
+
+def test_the_pairwise_term_is_logged_and_added_only_when_weighted() -> None:
+    pairwise = dataclasses.replace(TINY, pairwise=PairwiseParams(weight=2.0, dilations=[1, 2]))
+    plain, with_pairwise = train_tiny(tiny_model()), train_tiny(tiny_model(), params=pairwise)
+    assert "pairwise" not in plain[0]
+    first = with_pairwise[0]
+    assert first["seg"] == pytest.approx(plain[0]["seg"])  # the same network at step 1
+    expected = first["seg"] + TINY.center_weight * first["center"] + TINY.offset_weight * first["offset"]
+    assert first["loss"] == pytest.approx(expected + 2.0 * first["pairwise"], rel=1e-5)
+    with pytest.raises(ValueError, match="pairwise"):
+        BestieCriterion("cls", NUM_CLASSES, **WEIGHTS, refine_from=None, refine_thresh=0.3, refine_nms_kernel=41,
+                        refine_max_instances=5, sigma=6.0, pairwise_weight=1.0)
 
 
 def test_refinement_switch_and_start_iteration() -> None:
