@@ -86,7 +86,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
             save_checkpoint(
                 args.out, model.state_dict(), kind="bestie", config=config, class_names=manifest.class_names,
             )
-            write_tsv(args.log, LOG_COLUMNS, history)
+            pairwise_column = ("pairwise",) if train.pairwise.weight > 0 else ()
+            write_tsv(args.log, LOG_COLUMNS + pairwise_column, history)
             run.path.unlink(missing_ok=True)
 
 
