@@ -10,7 +10,7 @@ post-processing groups (the center and offset heads are the model's own each tim
 - ground truth: the val class map (an oracle; void pixels keep the predicted logits).
 
 and prints, for each, the segmentation's mIoU against ground truth (void left out) and the
-instance metrics. Reads the thresholds from ``params.yaml``. Prints a table; asserts nothing.
+instance metrics, then the IoU of each class of the model's own segmentations. Reads the thresholds from ``params.yaml``. Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -96,6 +96,12 @@ def main() -> None:
         miou = 100 * float(iou_per_class(confusion[name]).nanmean())
         row = " | ".join(f"{metrics[k]:.1f}" for k in ("voc_map25", "voc_map50", "voc_map70", "coco_ap"))
         print(f"| {name} | {miou:.1f} | {row} |")
+    # Which classes the model's segmentation loses (the ground-truth row is 100 by construction).
+    labels = ["background", *manifest.class_names]
+    print("\n| segmentation | " + " | ".join(labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    for name in variants[:2]:
+        print(f"| {name} | " + " | ".join(f"{100 * iou:.1f}" for iou in iou_per_class(confusion[name]).tolist()) + " |")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,12 @@ ROWS = (
     Row("cls-pairwise", "`cls`, boundary-aware pairwise loss (`train.pairwise.weight=1`)", ("train.pairwise.weight=1.0",)),
     Row("cls-seg-all-pairwise", "`cls`, pairwise loss and segmentation loss on every pixel",
         ("train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")),
+    *(Row(f"{name}-coarse", f"{label}, on a grid 2x coarser, dilations 1, 2, 4",
+          (*overrides, "train.pairwise.stride=2", "train.pairwise.dilations=[1,2,4]"))
+      for name, label, overrides in (
+          ("cls-pairwise", "`cls`, pairwise loss", ("train.pairwise.weight=1.0",)),
+          ("cls-seg-all-pairwise", "`cls`, pairwise loss and segmentation loss on every pixel",
+           ("train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")))),
     Row("point-pairwise", "`point`, pairwise loss", ("supervision=point", "train.pairwise.weight=1.0")),
     Row("point-seg-all-pairwise", "`point`, pairwise loss and segmentation loss on every pixel",
         ("supervision=point", "train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")),
