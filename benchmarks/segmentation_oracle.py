@@ -10,7 +10,8 @@ post-processing groups (the center and offset heads are the model's own each tim
 - ground truth: the val class map (an oracle; void pixels keep the predicted logits).
 
 and prints, for each, the segmentation's mIoU against ground truth (void left out) and the
-instance metrics, then the IoU of each class of the model's own segmentations. Reads the thresholds from ``params.yaml``. Prints a table; asserts nothing.
+instance metrics, then the IoU of each class of the model's own segmentations. Reads the
+thresholds from ``params.yaml``. Prints tables; asserts nothing.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ ROWS = (
     Row("cls-seg-all-pairwise", "`cls`, pairwise loss and segmentation loss on every pixel",
         ("train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")),
     # The affinity from colour alone: the texture guide's 5x5 mean and spread blur thin objects
-    # into their surroundings (needle IoU 0 with the default window on heldout_looks).
+    # into their surroundings, the first suspect for the thin classes the pairwise loss loses (README).
     Row("cls-seg-all-pairwise-colour", "`cls`, pairwise loss on colour alone and segmentation loss on every pixel",
         ("train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0", "train.pairwise.texture_window=1")),
     *(Row(f"{name}-coarse", f"{label}, on a grid 2x coarser, dilations 1, 2, 4",
