@@ -214,15 +214,15 @@ class BestieCriterion(nn.Module):
     (refinement off) or ``full`` supervision never refines. ``seg_refine`` (keyword arguments
     of :func:`bestie.refine.refine_semantic`; None: off) adds a refined semantic target to the
     refined labels from iteration ``seg_refine_from`` on (``batch["image"]`` is its guide).
-    ``pairwise_weight`` > 0 adds :func:`pairwise_affinity_loss` (``pairwise``: the keyword
-    arguments of :func:`pairwise_affinity`) to the loss, as the term ``"pairwise"``.
+    ``pairwise`` (the keyword arguments of :func:`pairwise_affinity` and the term's ``weight``;
+    None: off) adds :func:`pairwise_affinity_loss` to the loss, as the term ``"pairwise"``.
     """
 
     def __init__(
         self, supervision: str, num_classes: int, *, seg_weight: float, center_weight: float,
         offset_weight: float, hard_pixel_ratio: float, refine_from: int | None, refine_thresh: float,
         refine_nms_kernel: int, refine_max_instances: int, sigma: float, seg_refine: dict | None = None,
-        seg_refine_from: int = 0, pairwise_weight: float = 0.0, pairwise: dict | None = None,
+        seg_refine_from: int = 0, pairwise: dict | None = None,
     ):
         super().__init__()
         self.supervision, self.num_classes = supervision, num_classes
@@ -232,9 +232,7 @@ class BestieCriterion(nn.Module):
         self.refinement = dict(threshold=refine_thresh, nms_kernel=refine_nms_kernel,
                                max_instances=refine_max_instances, sigma=sigma)
         self.seg_refine, self.seg_refine_from = seg_refine, seg_refine_from
-        if pairwise_weight > 0 and pairwise is None:
-            raise ValueError("pairwise_weight > 0 needs the pairwise affinity's settings")
-        self.pairwise_weight, self.pairwise = pairwise_weight, pairwise
+        self.pairwise = pairwise
 
     def forward(self, outputs: dict, batch: dict, iteration: int) -> dict:
         refined, refine_ms = None, 0.0
@@ -246,11 +244,11 @@ class BestieCriterion(nn.Module):
                                                       **self.seg_refine)
             refine_ms = 1000 * (time.perf_counter() - tic)
         losses = compute_losses(outputs, batch, refined, **self.weights)
-        if self.pairwise_weight > 0:
-            affinity = pairwise_affinity(batch["image"], **self.pairwise)
-            losses["pairwise"] = pairwise_affinity_loss(outputs["seg"], affinity, stride=self.pairwise["stride"],
-                                                        dilations=self.pairwise["dilations"])
-            losses["loss"] = losses["loss"] + self.pairwise_weight * losses["pairwise"]
+        if self.pairwise is not None:
+            grid = dict(stride=self.pairwise["stride"], dilations=self.pairwise["dilations"])
+            affinity = pairwise_affinity(batch["image"], texture_window=self.pairwise["texture_window"], **grid)
+            losses["pairwise"] = pairwise_affinity_loss(outputs["seg"], affinity, **grid)
+            losses["loss"] = losses["loss"] + self.pairwise["weight"] * losses["pairwise"]
         return {**losses, "refine_ms": refine_ms}
 
 

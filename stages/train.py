@@ -67,9 +67,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
             refine_thresh=train.refine_thresh, refine_nms_kernel=train.refine_nms_kernel,
             refine_max_instances=train.refine_max_instances, sigma=train.sigma,
             seg_refine=to_dict(train.seg_self_refine) if train.seg_self_refine.iterations else None,
-            seg_refine_from=train.seg_self_refine_iter, pairwise_weight=train.pairwise.weight,
-            pairwise={"texture_window": train.pairwise.texture_window, "stride": train.pairwise.stride,
-                      "dilations": train.pairwise.dilations},
+            seg_refine_from=train.seg_self_refine_iter,
+            pairwise=to_dict(train.pairwise) if train.pairwise.weight else None,
         )
         history = train_loop(
             BestieTraining(model, criterion),

@@ -50,9 +50,8 @@ def train_tiny(model: BestieNet, supervision: str = "cls", params: TrainParams =
         refine_thresh=params.refine_thresh, refine_nms_kernel=params.refine_nms_kernel,
         refine_max_instances=params.refine_max_instances, sigma=params.sigma,
         seg_refine=to_dict(params.seg_self_refine) if params.seg_self_refine.iterations else None,
-        seg_refine_from=params.seg_self_refine_iter, pairwise_weight=params.pairwise.weight,
-        pairwise={"texture_window": params.pairwise.texture_window, "stride": params.pairwise.stride,
-                  "dilations": params.pairwise.dilations},
+        seg_refine_from=params.seg_self_refine_iter,
+        pairwise=to_dict(params.pairwise) if params.pairwise.weight else None,
     )
     return train(
         BestieTraining(model, criterion),
@@ -280,9 +279,6 @@ def test_the_pairwise_term_is_logged_and_added_only_when_weighted() -> None:
     assert first["seg"] == pytest.approx(plain[0]["seg"])  # the same network at step 1
     expected = first["seg"] + TINY.center_weight * first["center"] + TINY.offset_weight * first["offset"]
     assert first["loss"] == pytest.approx(expected + 2.0 * first["pairwise"], rel=1e-5)
-    with pytest.raises(ValueError, match="pairwise"):
-        BestieCriterion("cls", NUM_CLASSES, **WEIGHTS, refine_from=None, refine_thresh=0.3, refine_nms_kernel=41,
-                        refine_max_instances=5, sigma=6.0, pairwise_weight=1.0)
 
 
 def test_refinement_switch_and_start_iteration() -> None:
