@@ -96,6 +96,10 @@ ROWS = (
           ("cls-pairwise", "`cls`, pairwise loss", ("train.pairwise.weight=1.0",)),
           ("cls-seg-all-pairwise", "`cls`, pairwise loss and segmentation loss on every pixel",
            ("train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")))),
+    # Over every pixel the pairwise loss erased the thin classes (stop 28): only the pairs touching
+    # a pixel the WSSS map leaves unsure, where the segmentation term has no label to keep.
+    Row("cls-seg-all-pairwise-unsure", "`cls`, pairwise loss on the unsure pixels and segmentation loss on every pixel",
+        ("train.pairwise.weight=1.0", "train.pairwise.pixels=unsure", "train.hard_pixel_ratio=1.0")),
     Row("point-pairwise", "`point`, pairwise loss", ("supervision=point", "train.pairwise.weight=1.0")),
     Row("point-seg-all-pairwise", "`point`, pairwise loss and segmentation loss on every pixel",
         ("supervision=point", "train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")),

@@ -219,6 +219,8 @@ class PairwiseParams:
     # on a grid this many times coarser (2 lost the thin classes on heldout_looks: README)
     stride: int = _f(1, choices=(1, 2, 4))
     dilations: list[int] = _f([1, 2], min=1, nonempty=True)  # neighbourhoods, in grid pixels
+    # the pixels whose pairs count: every pixel, or those the WSSS target leaves unsure (255)
+    pixels: str = _f("all", choices=("all", "unsure"))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from bestie.structures import IGNORE
 
 __all__ = [
     "hard_pixel_cross_entropy", "weighted_mse", "weighted_l1", "pairwise_affinity", "pairwise_affinity_loss",
-    "compute_losses", "self_refine", "BestieCriterion", "BestieTraining",
+    "unsure_pixels", "compute_losses", "self_refine", "BestieCriterion", "BestieTraining",
 ]
 
 
@@ -104,26 +104,30 @@ def pairwise_affinity(images: Tensor, *, texture_window: int, stride: int, dilat
     return torch.stack(weights)
 
 
-def pairwise_affinity_loss(seg_logits: Tensor, affinity: Tensor, *, stride: int, dilations: list[int]) -> Tensor:
+def pairwise_affinity_loss(
+    seg_logits: Tensor, affinity: Tensor, *, stride: int, dilations: list[int], pixels: Tensor | None = None,
+) -> Tensor:
     """Boundary-aware segmentation loss: each pixel's label should agree with the neighbours it
     looks like, so the label changes where the image does.
 
-    A pairwise term in the manner of BoxInst's (Tian et al., CVPR 2021), over every pixel (the
-    WSSS map's unsure ones too): with ``p`` the class probabilities average-pooled by
-    ``stride`` and ``j`` each neighbour of pixel ``i`` at the offsets
-    :func:`bestie.edge_refine.neighbour_offsets` gives (in coarse pixels), weighted by the
-    affinity ``w_ij``::
+    A pairwise term in the manner of BoxInst's (Tian et al., CVPR 2021): with ``p`` the class
+    probabilities average-pooled by ``stride`` and ``j`` each neighbour of pixel ``i`` at the
+    offsets :func:`bestie.edge_refine.neighbour_offsets` gives (in coarse pixels), weighted by
+    the affinity ``w_ij``::
 
         - sum_ij w_ij log P(i and j share a label),  P = sum_k p_i(k) p_j(k)
 
-    divided by the sum of the weights. Pairs reaching outside the image are not counted.
+    divided by the sum of the weights, over every pixel ``i`` or, given ``pixels``, over those
+    it marks (each pair is visited from both ends, so that is every pair touching a marked
+    pixel). Pairs reaching outside the image are not counted.
 
     Args:
         seg_logits: [B, K, H, W] segmentation logits.
         affinity: [B, P, ceil(H / stride), ceil(W / stride)] (:func:`pairwise_affinity` of the
             same stride and dilations).
+        pixels: optional [B, ceil(H / stride), ceil(W / stride)] bool, the pixels ``i`` counted.
     Returns:
-        scalar.
+        scalar (0 with a graph when no pair is counted).
     """
     probs = seg_logits.float().softmax(dim=1)
     if stride > 1:
@@ -141,9 +145,20 @@ def pairwise_affinity_loss(seg_logits: Tensor, affinity: Tensor, *, stride: int,
         rows_j, cols_j = slice(max(0, dy), height + min(0, dy)), slice(max(0, dx), width + min(0, dx))
         same = (probs[..., rows_i, cols_i] * probs[..., rows_j, cols_j]).sum(dim=1)
         weight = affinity[:, p, rows_i, cols_i]
+        if pixels is not None:
+            weight = weight * pixels[:, rows_i, cols_i]
         total = total - (weight * same.clamp_min(1e-6).log()).sum()
         total_weight = total_weight + weight.sum()
     return total / total_weight.clamp_min(1e-6)
+
+
+def unsure_pixels(target: Tensor, stride: int) -> Tensor:
+    """[B, H, W] long target (``IGNORE`` where unknown) -> [B, ceil(H / stride), ceil(W / stride)]
+    bool: the grid cells holding an unknown pixel."""
+    unsure = (target == IGNORE).float().unsqueeze(1)
+    if stride > 1:
+        unsure = F.max_pool2d(unsure, stride, ceil_mode=True)
+    return unsure[:, 0].bool()
 
 
 def compute_losses(
@@ -214,8 +229,9 @@ class BestieCriterion(nn.Module):
     (refinement off) or ``full`` supervision never refines. ``seg_refine`` (keyword arguments
     of :func:`bestie.refine.refine_semantic`; None: off) adds a refined semantic target to the
     refined labels from iteration ``seg_refine_from`` on (``batch["image"]`` is its guide).
-    ``pairwise`` (the keyword arguments of :func:`pairwise_affinity` and the term's ``weight``;
-    None: off) adds :func:`pairwise_affinity_loss` to the loss, as the term ``"pairwise"``.
+    ``pairwise`` (the keyword arguments of :func:`pairwise_affinity`, the term's ``weight`` and
+    ``pixels``: ``"all"``, or ``"unsure"`` for the pixels the segmentation target leaves unknown,
+    crop padding included; None: off) adds :func:`pairwise_affinity_loss` to the loss, as the term ``"pairwise"``.
     """
 
     def __init__(
@@ -247,7 +263,8 @@ class BestieCriterion(nn.Module):
         if self.pairwise is not None:
             grid = dict(stride=self.pairwise["stride"], dilations=self.pairwise["dilations"])
             affinity = pairwise_affinity(batch["image"], texture_window=self.pairwise["texture_window"], **grid)
-            losses["pairwise"] = pairwise_affinity_loss(outputs["seg"], affinity, **grid)
+            pixels = unsure_pixels(batch["semantic"], grid["stride"]) if self.pairwise["pixels"] == "unsure" else None
+            losses["pairwise"] = pairwise_affinity_loss(outputs["seg"], affinity, pixels=pixels, **grid)
             losses["loss"] = losses["loss"] + self.pairwise["weight"] * losses["pairwise"]
         return {**losses, "refine_ms": refine_ms}
 

@@ -19,9 +19,10 @@ from bestie.fingerprint import find_run_state
 from bestie.edge_refine import neighbour_offsets
 from bestie.losses import (
     BestieCriterion, BestieTraining, compute_losses, hard_pixel_cross_entropy, pairwise_affinity,
-    pairwise_affinity_loss, weighted_l1, weighted_mse,
+    pairwise_affinity_loss, unsure_pixels, weighted_l1, weighted_mse,
 )
 from bestie.models import BestieNet, SmallBackbone
+from bestie.structures import IGNORE
 from bestie.training import (
     IterationBatches, LoopSettings, TrainState, build_optimizer, device_layout, epoch_batches, iteration_batches,
     load_train_state, poly_lr, state_saver, step_lr, train,
@@ -235,6 +236,53 @@ def test_pairwise_loss_matches_its_definition_pair_by_pair() -> None:
     assert loss.item() == pytest.approx(float(total / weight_total), rel=1e-5)
 
 
+def test_pairwise_loss_on_marked_pixels_counts_the_pairs_touching_them() -> None:
+    torch.manual_seed(2)
+    logits, dilations = torch.randn(1, 3, 5, 6), [1]
+    affinity = torch.rand(1, 8, 5, 6)
+    pixels = torch.zeros(1, 5, 6, dtype=torch.bool)
+    pixels[0, 2, 3] = pixels[0, 0, 0] = True
+    probs = logits.softmax(dim=1)
+    total = weight_total = 0.0
+    for p, (dy, dx) in enumerate(neighbour_offsets(dilations)):
+        for y, x in ((2, 3), (0, 0)):
+            if 0 <= y + dy < 5 and 0 <= x + dx < 6:
+                same = (probs[0, :, y, x] * probs[0, :, y + dy, x + dx]).sum()
+                total -= affinity[0, p, y, x] * same.log()
+                weight_total += affinity[0, p, y, x]
+    loss = pairwise_affinity_loss(logits, affinity, stride=1, dilations=dilations, pixels=pixels)
+    assert loss.item() == pytest.approx(float(total / weight_total), rel=1e-5)
+    none = pairwise_affinity_loss(logits.requires_grad_(), affinity, stride=1, dilations=dilations,
+                                  pixels=torch.zeros_like(pixels))
+    none.backward()
+    assert none.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_unsure_pixels_marks_the_grid_cells_holding_an_unknown_pixel() -> None:
+    target = torch.zeros(1, 5, 5, dtype=torch.long)
+    target[0, 0, 0] = IGNORE
+    target[0, 4, 3] = IGNORE
+    assert unsure_pixels(target, stride=1).sum() == 2
+    coarse = unsure_pixels(target, stride=2)
+    assert coarse.shape == (1, 3, 3)
+    assert coarse[0].nonzero().tolist() == [[0, 0], [2, 1]]
+
+
+def test_pairwise_loss_on_unsure_pixels_leaves_a_labelled_thin_object_alone() -> None:
+    # A one-pixel-wide stripe of class 1, labelled, inside a uniform region: over every pixel the
+    # pairwise term pulls it into its surroundings; over the unsure pixels only (none near it), not.
+    logits = torch.full((1, 2, 12, 16), -6.0)
+    logits[0, 0] = 6.0
+    logits[0, 0, :, 8], logits[0, 1, :, 8] = -6.0, 6.0
+    affinity = pairwise_affinity(torch.zeros(1, 3, 12, 16), texture_window=1, stride=1, dilations=[1])
+    target = torch.zeros(1, 12, 16, dtype=torch.long)
+    target[:, :, 8] = 1
+    target[:, :, :2] = IGNORE  # unsure far from the stripe
+    grid = dict(stride=1, dilations=[1])
+    assert pairwise_affinity_loss(logits, affinity, **grid) > 0.5
+    assert pairwise_affinity_loss(logits, affinity, pixels=unsure_pixels(target, 1), **grid) < 0.01
+
+
 def test_pairwise_affinity_is_a_distribution_over_neighbours_on_the_coarse_grid() -> None:
     image = two_region_image(height=11, width=15)
     affinity = pairwise_affinity(image, texture_window=5, stride=2, dilations=[1, 2, 4])
@@ -279,6 +327,8 @@ def test_the_pairwise_term_is_logged_and_added_only_when_weighted() -> None:
     assert first["seg"] == pytest.approx(plain[0]["seg"])  # the same network at step 1
     expected = first["seg"] + TINY.center_weight * first["center"] + TINY.offset_weight * first["offset"]
     assert first["loss"] == pytest.approx(expected + 2.0 * first["pairwise"], rel=1e-5)
+    unsure_only = dataclasses.replace(pairwise, pairwise=dataclasses.replace(pairwise.pairwise, pixels="unsure"))
+    assert train_tiny(tiny_model(), params=unsure_only)[0]["pairwise"] != pytest.approx(first["pairwise"])
 
 
 def test_refinement_switch_and_start_iteration() -> None:
