@@ -27,7 +27,7 @@ from bestie.config import SegRefineParams, load_params
 from bestie.data.manifest import class_map_path, load_manifest
 from bestie.data.png import read_label_png
 from bestie.inference import load_bestie, network_outputs, refine_segmentation
-from bestie.io import read_image
+from bestie.io import read_image, read_json
 from bestie.metrics.instances import evaluate_instances
 from bestie.metrics.segmentation import confusion_matrix, iou_per_class
 from bestie.postprocess import postprocess
@@ -59,6 +59,7 @@ def main() -> None:
     # The "refined" row shows what refinement would give even when params turn it off.
     refine = options.seg_refine if options.seg_refine.iterations else SegRefineParams()
     manifest = load_manifest(f"{args.prepared}/manifest.json")
+    val_gt = read_json(args.val_gt)  # before the long inference: a missing file stops it at once
     device = select_device(args.device)
     model, _ = load_bestie(args.checkpoint, device, class_names=manifest.class_names)
     num_labels = manifest.num_classes + 1
@@ -93,7 +94,7 @@ def main() -> None:
     print("| segmentation | mIoU | voc_map25 | voc_map50 | voc_map70 | coco_ap |")
     print("|---|---|---|---|---|---|")
     for name in variants:
-        metrics = evaluate_instances(args.val_gt, results[name])
+        metrics = evaluate_instances(val_gt, results[name])
         miou = 100 * float(iou_per_class(confusion[name]).nanmean())
         row = " | ".join(f"{metrics[k]:.1f}" for k in ("voc_map25", "voc_map50", "voc_map70", "coco_ap"))
         print(f"| {name} | {miou:.1f} | {row} |")
