@@ -6,12 +6,11 @@
 
 Each row and seed is one experiment named ``<row>-s<seed>``: the default params with the
 row's ``-S`` overrides and ``-S seed=<seed>`` (the seed of every stage: classifier, BESTIE and
-Mask R-CNN training). A row that does not set ``train.hard_pixel_ratio`` trains with the paper's
-segmentation loss (hardest 20 % of pixels), the default it was measured with (the hardest half
-since stop 30). A row may read its seed-3407 run from ``weak_masks.py``'s experiment of the same
-params instead. DVC's run cache makes a run whose stages already ran with the same inputs (e.g.
-``cls`` for ``cls-mrcnn``) a lookup, not a re-computation. Prints a Markdown table: mean ± sample
-standard deviation over the seeds, and each seed's value; asserts nothing.
+Mask R-CNN training); a row may read its seed-3407 run from ``weak_masks.py``'s experiment of the
+same params instead. DVC's run cache makes a run whose stages already ran with the same
+inputs (e.g. the default ``dvc repro``, or ``cls`` for ``cls-mrcnn``) a lookup, not a
+re-computation. Prints a Markdown table: mean ± sample standard deviation over the seeds,
+and each seed's value; asserts nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (3407, 1, 2)
-# The paper's segmentation loss (hardest 20 % of pixels), the default until stop 30: a row that does
-# not choose the loss keeps it, so each row still measures what the README reports for it.
-PAPER_SEG_LOSS = "train.hard_pixel_ratio=0.2"
 METRICS = ("voc_map25", "voc_map50", "voc_map70", "coco_ap")
 
 
@@ -68,12 +64,6 @@ ROWS = (
 )
 
 
-def with_paper_seg_loss(overrides: tuple[str, ...]) -> tuple[str, ...]:
-    """``-S`` values with the paper's segmentation loss first, unless they choose the loss."""
-    chosen = any(value.startswith("train.hard_pixel_ratio=") for value in overrides)
-    return overrides if chosen else (PAPER_SEG_LOSS, *overrides)
-
-
 def run_dvc(*args: str) -> str:
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -108,8 +98,7 @@ def run_missing(rows: tuple[Row, ...], seeds: tuple[int, ...]) -> None:
             if any(name in done for name in experiment_names(row, seed)):
                 continue
             name = f"{row.name}-s{seed}"
-            values = (*with_paper_seg_loss(row.overrides), f"seed={seed}")
-            overrides = [arg for value in values for arg in ("-S", value)]
+            overrides = [arg for value in (*row.overrides, f"seed={seed}") for arg in ("-S", value)]
             print(f"running {name}", file=sys.stderr, flush=True)
             run_dvc("exp", "run", "--temp", "-n", name, *overrides, row.target)
 

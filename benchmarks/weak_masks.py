@@ -8,11 +8,8 @@ Each row (a supervision and the levers it switches on) and style (``synthesize.s
 ``embedded``, the data the defaults were chosen on; ``heldout`` and ``heldout_looks``, never
 tuned on) is one experiment named ``wm-<row>-<style>``, reproducing ``evaluate``; with
 ``--mask-rcnn``, ``wm-<row>-<style>-maskrcnn``, reproducing the whole DAG (``export_coco`` and
-``maskrcnn`` too; rows that change only ``export_coco`` always run so). A row that does not set
-``train.hard_pixel_ratio`` trains with the paper's segmentation loss (hardest 20 % of pixels), the
-default it was measured with; the default since stop 30 is the hardest half, so the default ``dvc
-repro`` is ``wm-cls-seg-half-embedded-maskrcnn``. DVC's run cache makes stages that already ran
-with the same inputs a lookup.
+``maskrcnn`` too; rows that change only ``export_coco`` always run so). DVC's run cache makes stages that already ran with the same inputs (the
+default ``dvc repro`` is ``wm-cls-embedded-maskrcnn``) a lookup.
 
 Prints two Markdown tables. BESTIE: its voc_map at 25/50/70/75 % IoU, each weak row's share of
 ``full`` on the same style, and the mIoU of the semantic maps the pseudo labels are drawn from
@@ -30,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeds import experiment_metrics, run_dvc, with_paper_seg_loss  # noqa: E402
+from seeds import experiment_metrics, run_dvc  # noqa: E402
 
 STYLES = ("embedded", "heldout", "heldout_looks")
 THRESHOLDS = (25, 50, 70, 75)
@@ -139,8 +136,7 @@ def run_missing(rows: tuple[Row, ...], styles: tuple[str, ...], mask_rcnn: bool)
             name = experiment_name(row, style, through_mask_rcnn)
             if name in done:
                 continue
-            values = (*with_paper_seg_loss(row.overrides), f"synthesize.style={style}")
-            overrides = [arg for value in values for arg in ("-S", value)]
+            overrides = [arg for value in (*row.overrides, f"synthesize.style={style}") for arg in ("-S", value)]
             print(f"running {name}", file=sys.stderr, flush=True)
             # No target: the whole DAG. A run through `evaluate` only keeps the baseline's Mask R-CNN metrics.
             run_dvc("exp", "run", "--temp", "-n", name, *overrides, *([] if through_mask_rcnn else ["evaluate"]))

@@ -243,8 +243,7 @@ class TrainParams(LoopCadenceParams):
     seg_weight: float = _f(1.0, min=0.0)
     center_weight: float = _f(200.0, min=0.0)
     offset_weight: float = _f(0.01, min=0.0)
-    # paper 0.2: over the hardest fifth the WSSS maps' wrong labels dominate; 1 (all) loses classes with true masks
-    hard_pixel_ratio: float = _f(0.5, min=0.0, max=1.0)
+    hard_pixel_ratio: float = _f(0.2, min=0.0, max=1.0)
     # the center loss counts wherever the heatmap is known: every pixel for point/full, accepted
     # instances and background for cls; false: accepted instances only (docs/method.md §3)
     dense_center_loss: bool = _f(True)
