@@ -25,8 +25,8 @@ SMOKE = {
     "train": {"iterations": 300, "batch_size": 4, "warmup_iters": 20, "workers": 0, "log_every": 50},
     "evaluate": {"gallery": 0},
 }
-# voc_map50 in percent. This run measured 13.5 (locked environment, 3 min on this 2-core CPU;
-# deterministic there), a model that learns nothing 0: the floor leaves room for other machines.
+# voc_map50 in percent. A model that learns nothing scores 0; what this run measures (README,
+# Tests) varies from machine to machine: the floor leaves room for them.
 FLOOR = 5.0
 
 
