@@ -64,7 +64,7 @@ ROWS = (
     # Label noise: the segmentation loss on every labelled pixel instead of the hardest 20 %
     # (hard-pixel mining, chosen with true masks, also up-weights wrong WSSS labels at boundaries).
     *SEG_ALL,
-    # With every pixel, `full` on the embedded style never learns two classes (stop 30). The
+    # With every pixel, `full` on the embedded style loses whole classes (stop 30). The
     # segmentation term is then ~3.5x smaller against the center term: each pixel weighted as a hard
     # pixel was (1 / 0.2); and half of the pixels, between the paper's hardest 20 % and all.
     *(Row(f"{row.name}-w5", f"{row.label}, segmentation weight 5", (*row.overrides, "train.seg_weight=5.0"))
