@@ -244,6 +244,10 @@ class TrainParams(LoopCadenceParams):
     center_weight: float = _f(200.0, min=0.0)
     offset_weight: float = _f(0.01, min=0.0)
     hard_pixel_ratio: float = _f(0.2, min=0.0, max=1.0)
+    # From late_hard_pixel_iter on, the segmentation loss keeps this share instead (None: off). Not in
+    # the paper: hard mining learns every class early; a wider share dilutes the WSSS maps' wrong labels late.
+    late_hard_pixel_ratio: float | None = _f(None, min=0.0, max=1.0)
+    late_hard_pixel_iter: int = _f(900, min=0)
     # the center loss counts wherever the heatmap is known: every pixel for point/full, accepted
     # instances and background for cls; false: accepted instances only (docs/method.md §3)
     dense_center_loss: bool = _f(True)

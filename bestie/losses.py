@@ -232,18 +232,22 @@ class BestieCriterion(nn.Module):
     ``pairwise`` (the keyword arguments of :func:`pairwise_affinity`, the term's ``weight`` and
     ``pixels``: ``"all"``, or ``"unsure"`` for the pixels the segmentation target leaves unknown,
     crop padding included; None: off) adds :func:`pairwise_affinity_loss` to the loss, as the term ``"pairwise"``.
+    ``late_hard_pixel_ratio`` (None: off) replaces ``hard_pixel_ratio`` from iteration
+    ``late_hard_pixel_iter`` on.
     """
 
     def __init__(
         self, supervision: str, num_classes: int, *, seg_weight: float, center_weight: float,
         offset_weight: float, hard_pixel_ratio: float, refine_from: int | None, refine_thresh: float,
         refine_nms_kernel: int, refine_max_instances: int, sigma: float, seg_refine: dict | None = None,
-        seg_refine_from: int = 0, pairwise: dict | None = None,
+        seg_refine_from: int = 0, pairwise: dict | None = None, late_hard_pixel_ratio: float | None = None,
+        late_hard_pixel_iter: int = 0,
     ):
         super().__init__()
         self.supervision, self.num_classes = supervision, num_classes
-        self.weights = dict(seg_weight=seg_weight, center_weight=center_weight, offset_weight=offset_weight,
-                            hard_pixel_ratio=hard_pixel_ratio)
+        self.weights = dict(seg_weight=seg_weight, center_weight=center_weight, offset_weight=offset_weight)
+        self.hard_pixel_ratio = hard_pixel_ratio
+        self.late_hard_pixel_ratio, self.late_hard_pixel_iter = late_hard_pixel_ratio, late_hard_pixel_iter
         self.refine_from = refine_from if supervision != "full" else None
         self.refinement = dict(threshold=refine_thresh, nms_kernel=refine_nms_kernel,
                                max_instances=refine_max_instances, sigma=sigma)
@@ -259,7 +263,8 @@ class BestieCriterion(nn.Module):
                 refined["semantic"] = refine_semantic(batch["image"], outputs["seg"].detach(), batch["semantic"],
                                                       **self.seg_refine)
             refine_ms = 1000 * (time.perf_counter() - tic)
-        losses = compute_losses(outputs, batch, refined, **self.weights)
+        losses = compute_losses(outputs, batch, refined, hard_pixel_ratio=self.hard_pixel_ratio_at(iteration),
+                                **self.weights)
         if self.pairwise is not None:
             grid = dict(stride=self.pairwise["stride"], dilations=self.pairwise["dilations"])
             affinity = pairwise_affinity(batch["image"], texture_window=self.pairwise["texture_window"], **grid)
@@ -267,6 +272,13 @@ class BestieCriterion(nn.Module):
             losses["pairwise"] = pairwise_affinity_loss(outputs["seg"], affinity, pixels=pixels, **grid)
             losses["loss"] = losses["loss"] + self.pairwise["weight"] * losses["pairwise"]
         return {**losses, "refine_ms": refine_ms}
+
+
+    def hard_pixel_ratio_at(self, iteration: int) -> float:
+        """The share of the hardest pixels the segmentation loss keeps at ``iteration``."""
+        if self.late_hard_pixel_ratio is not None and iteration >= self.late_hard_pixel_iter:
+            return self.late_hard_pixel_ratio
+        return self.hard_pixel_ratio
 
 
 class BestieTraining(nn.Module):

@@ -69,6 +69,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             seg_refine=to_dict(train.seg_self_refine) if train.seg_self_refine.iterations else None,
             seg_refine_from=train.seg_self_refine_iter,
             pairwise=to_dict(train.pairwise) if train.pairwise.weight else None,
+            late_hard_pixel_ratio=train.late_hard_pixel_ratio, late_hard_pixel_iter=train.late_hard_pixel_iter,
         )
         history = train_loop(
             BestieTraining(model, criterion),

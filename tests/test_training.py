@@ -53,6 +53,7 @@ def train_tiny(model: BestieNet, supervision: str = "cls", params: TrainParams =
         seg_refine=to_dict(params.seg_self_refine) if params.seg_self_refine.iterations else None,
         seg_refine_from=params.seg_self_refine_iter,
         pairwise=to_dict(params.pairwise) if params.pairwise.weight else None,
+        late_hard_pixel_ratio=params.late_hard_pixel_ratio, late_hard_pixel_iter=params.late_hard_pixel_iter,
     )
     return train(
         BestieTraining(model, criterion),
@@ -329,6 +330,33 @@ def test_the_pairwise_term_is_logged_and_added_only_when_weighted() -> None:
     assert first["loss"] == pytest.approx(expected + 2.0 * first["pairwise"], rel=1e-5)
     unsure_only = dataclasses.replace(pairwise, pairwise=dataclasses.replace(pairwise.pairwise, pixels="unsure"))
     assert train_tiny(tiny_model(), params=unsure_only)[0]["pairwise"] != pytest.approx(first["pairwise"])
+
+
+def test_the_late_hard_pixel_ratio_replaces_the_ratio_from_its_iteration_on() -> None:
+    batch = collate_samples([FakeBestieData()[(0, 0)]])
+    torch.manual_seed(0)
+    outputs = {"seg": torch.randn(1, 3, 32, 32), "center": torch.zeros(1, 2, 32, 32),
+               "offset": torch.zeros(1, 2, 32, 32)}
+    weights = {k: v for k, v in WEIGHTS.items() if k != "hard_pixel_ratio"}
+    criterion = BestieCriterion("full", NUM_CLASSES, **WEIGHTS, refine_from=None, refine_thresh=0.3,
+                                refine_nms_kernel=41, refine_max_instances=5, sigma=6.0,
+                                late_hard_pixel_ratio=1.0, late_hard_pixel_iter=5)
+    for iteration, ratio in ((0, WEIGHTS["hard_pixel_ratio"]), (4, WEIGHTS["hard_pixel_ratio"]), (5, 1.0), (9, 1.0)):
+        expected = compute_losses(outputs, batch, None, **weights, hard_pixel_ratio=ratio)
+        assert criterion(outputs, batch, iteration)["seg"] == pytest.approx(expected["seg"].item())
+    # The two shares give different terms here, so the switch above is visible.
+    assert compute_losses(outputs, batch, None, **weights, hard_pixel_ratio=1.0)["seg"] != pytest.approx(
+        compute_losses(outputs, batch, None, **WEIGHTS)["seg"].item())
+    off = BestieCriterion("full", NUM_CLASSES, **WEIGHTS, refine_from=None, refine_thresh=0.3, refine_nms_kernel=41,
+                          refine_max_instances=5, sigma=6.0)
+    assert off.hard_pixel_ratio_at(10**6) == WEIGHTS["hard_pixel_ratio"]
+
+
+def test_training_uses_the_late_hard_pixel_ratio_from_its_iteration_on() -> None:
+    late = dataclasses.replace(TINY, late_hard_pixel_ratio=1.0, late_hard_pixel_iter=1)
+    plain, with_late = train_tiny(tiny_model(), "full"), train_tiny(tiny_model(), "full", late)
+    assert with_late[0]["seg"] == pytest.approx(plain[0]["seg"])  # iteration 0: not yet
+    assert with_late[1]["seg"] != pytest.approx(plain[1]["seg"])
 
 
 def test_refinement_switch_and_start_iteration() -> None:
