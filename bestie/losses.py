@@ -273,7 +273,6 @@ class BestieCriterion(nn.Module):
             losses["loss"] = losses["loss"] + self.pairwise["weight"] * losses["pairwise"]
         return {**losses, "refine_ms": refine_ms}
 
-
     def hard_pixel_ratio_at(self, iteration: int) -> float:
         """The share of the hardest pixels the segmentation loss keeps at ``iteration``."""
         if self.late_hard_pixel_ratio is not None and iteration >= self.late_hard_pixel_iter:
