@@ -174,6 +174,9 @@ class LoopCadenceParams:
 class WSSSNetworkParams(LoopCadenceParams):
     """The segmentation network (DeepLab-style) trained on the wsss maps, when ``wsss.network`` is on."""
 
+    # segmentation: its predictions are the maps; affinity: the maps walked over its learnt
+    # pixel affinities (AffinityNet; bestie.affinity)
+    method: str = _f("segmentation", choices=("segmentation", "affinity"))
     backbone: str = _f("small", choices=tuple(BACKBONES))
     pretrained: bool = _f(False)  # ImageNet weights through torchvision (needs internet)
     iterations: int = _f(1000, min=1)
@@ -188,6 +191,10 @@ class WSSSNetworkParams(LoopCadenceParams):
     poly_power: float = _f(0.9, min=0.0)
     bn_momentum: float = _f(0.01, min=0.0, max=1.0)
     hard_pixel_ratio: float = _f(1.0, min=0.0, max=1.0)  # share of the hardest pixels the loss keeps (1: all)
+    embedding_dim: int = _f(64, min=1)  # affinity: channels of the per-pixel embedding
+    affinity_radius: int = _f(5, min=2)  # affinity: pairs closer than this, in embedding-grid pixels
+    walk_beta: float = _f(8.0, min=0.0)  # affinity: transitions weigh a ** beta
+    walk_steps: int = _f(256, min=0)  # affinity: random-walk steps
     flip: bool = _f(True)  # predict: average the image's and its mirror image's probabilities
     min_confidence: float = _f(0.0, min=0.0, max=1.0)  # predict: less confident pixels become 255
     amp: bool = _f(True)  # only takes effect on CUDA

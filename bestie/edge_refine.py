@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "neighbour_offsets", "shifted_views", "neighbour_index", "texture_guide", "mean_pool", "pamr_affinity", "pamr",
+    "diffuse",
     "dense_crf", "refine_scores",
 ]
 
@@ -242,9 +243,7 @@ def pamr(
     weights adapt to the local contrast: scores spread within regions and stop at edges.
     The weights are invariant to a per-channel affine change of the guide.
 
-    The weights are computed once (:func:`pamr_affinity`) and held as one sparse
-    ``[H * W, H * W]`` matrix, so an iteration is one sparse-dense product on channels-last
-    scores: the scores are read once an iteration, not once a neighbour.
+    The weights are computed once (:func:`pamr_affinity`) and applied by :func:`diffuse`.
 
     Args:
         guide: ``[F, H, W]`` float, e.g. colours or :func:`texture_guide`.
@@ -252,15 +251,31 @@ def pamr(
     Returns:
         ``[K + 1, H, W]`` float32 refined scores (a pixel's total is a weighted average of totals).
     """
+    return diffuse(pamr_affinity(guide, dilations, temperature), neighbour_offsets(dilations), scores, iterations)
+
+
+def diffuse(weights: Tensor, offsets: Sequence[tuple[int, int]], scores: Tensor, iterations: int) -> Tensor:
+    """``iterations`` steps of ``scores[:, i] <- sum_p weights[i, p] * scores[:, i + offsets[p]]``.
+
+    The weights are held as one sparse ``[H * W, H * W]`` matrix, so a step is one sparse-dense
+    product on channels-last scores: the scores are read once a step, not once a neighbour.
+    A neighbour off the image is its nearest border pixel (:func:`neighbour_index`); give it
+    weight 0 to leave it out.
+
+    Args:
+        weights: ``[H * W, P]`` float32, e.g. rows summing to 1 (a random walk's transitions).
+        offsets: the P neighbours (dy, dx).
+        scores: ``[K, H, W]``.
+    Returns:
+        ``[K, H, W]`` float32.
+    """
     channels, height, width = scores.shape
-    offsets = neighbour_offsets(dilations)
-    weights = pamr_affinity(guide, dilations, temperature)
     index = neighbour_index(height, width, offsets, scores.device)
     row_starts = torch.arange(0, index.numel() + 1, len(offsets), dtype=torch.int32, device=scores.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
         warnings.filterwarnings("ignore", "Sparse invariant checks", UserWarning)
-        averaging = torch.sparse_csr_tensor(row_starts, index.view(-1), weights.view(-1), (height * width,) * 2)
+        averaging = torch.sparse_csr_tensor(row_starts, index.view(-1), weights.reshape(-1), (height * width,) * 2)
     # Channels-last rows padded to a multiple of 8 floats, which the product vectorises fully.
     flat = scores.new_zeros(height * width, -(-channels // 8) * 8, dtype=torch.float32)
     flat[:, :channels] = scores.reshape(channels, -1).t()

@@ -15,13 +15,14 @@ from bestie.models.backbones import (
     build_backbone,
 )
 from bestie.models.pam import PAMClassifier, PeakAttention, multilabel_loss, peak_attention
-from bestie.models.deeplab import SegmentationNet
+from bestie.models.deeplab import EmbeddingNet, SegmentationNet
 from bestie.models.panoptic_deeplab import BestieNet
 
 __all__ = [
     "BACKBONES",
     "Backbone",
     "BestieNet",
+    "EmbeddingNet",
     "HRNetBackbone",
     "PAMClassifier",
     "PeakAttention",

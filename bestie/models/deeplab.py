@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from bestie.models.backbones import Backbone, build_backbone
 from bestie.models.panoptic_deeplab import Head, build_decoder, default_decoder_specs, resize, set_bn_momentum
 
-__all__ = ["SegmentationNet"]
+__all__ = ["EmbeddingNet", "SegmentationNet"]
 
 
 class SegmentationNet(nn.Module):
@@ -45,3 +45,28 @@ class SegmentationNet(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return {"seg": resize(self.seg_head(self.decoder(self.backbone(images))), images.shape[-2:])}
+
+
+class EmbeddingNet(nn.Module):
+    """Backbone + semantic decoder + a head of ``dim`` channels: a feature vector per pixel, at
+    the decoder's resolution, whose distances say which pixels belong together
+    (:mod:`bestie.affinity`, AffinityNet's role in the WSSS step).
+
+    forward(images [B, 3, H, W]) returns {"embedding": [B, dim, h, w]}, h x w the decoder's grid.
+    """
+
+    def __init__(
+        self, dim: int, backbone: str | Backbone = "small", pretrained: bool = False,
+        *, bn_momentum: float | None = None,
+    ):
+        super().__init__()
+        if isinstance(backbone, str):
+            backbone = build_backbone(backbone, pretrained)
+        self.backbone = backbone
+        spec, _ = default_decoder_specs(backbone)
+        self.decoder = build_decoder(backbone, spec)
+        self.embedding_head = Head(spec.channels, spec.head_channels, dim, spec.separable)
+        set_bn_momentum(self, bn_momentum)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {"embedding": self.embedding_head(self.decoder(self.backbone(images)))}
