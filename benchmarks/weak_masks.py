@@ -55,6 +55,10 @@ ROWS = (
     Row("point-wsssnet", "`point` + WSSS network", ("supervision=point", "wsss.network=true")),
     Row("cls-wsssnet-hard", "`cls` + WSSS network, loss on the hardest 20 % of pixels (as `train`)",
         ("wsss.network=true", "wsss_network.hard_pixel_ratio=0.2")),
+    # Affinity-style refinement learnt from the maps (AffinityNet): each map walked over the affinities.
+    *(Row(f"{name}-affinity", f"{label}, maps walked over learnt affinities (`wsss_network.method=affinity`)",
+          (*overrides, "wsss.network=true", "wsss_network.method=affinity"))
+      for name, label, overrides in SUPERVISIONS[:2]),
     # Confidence thresholds from the data: each CAM beats the background above its own Otsu threshold.
     Row("cls-otsu", "`cls`, background at each map's Otsu threshold", ("wsss.background=otsu",)),
     Row("point-otsu", "`point`, background at each map's Otsu threshold", ("supervision=point", "wsss.background=otsu")),
