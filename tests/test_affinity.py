@@ -5,27 +5,21 @@ from __future__ import annotations
 
 import json
 import math
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import default_collate
 
 from bestie.affinity import (
     AffinityTraining, affinity_loss, affinity_targets, disc_offsets, pair_affinities, propagate_labels, random_walk,
 )
 from bestie.data.png import read_label_png
-from bestie.distributed import DistContext
 from bestie.models import EmbeddingNet, SmallBackbone
-from bestie.training import LoopSettings, build_optimizer, iteration_batches, poly_lr, train
 
 from .helpers import run_stage, write_params
-from .test_wsss_network import ID, ToySquares, prepared  # noqa: F401  (prepared: a fixture)
-
-CPU = DistContext(0, 1, torch.device("cpu"))
+from .test_wsss_network import ID, prepared, train_on_toy_squares  # noqa: F401  (prepared: a fixture)
 
 
 class FixedEmbedding(nn.Module):
@@ -146,18 +140,9 @@ def test_propagation_fills_unsure_pixels_and_stops_at_the_learnt_boundary() -> N
 
 def test_a_tiny_affinity_training_run_lowers_the_loss() -> None:
     torch.manual_seed(0)
-    model = EmbeddingNet(8, SmallBackbone(width=8))
-    iterations = 40
-    history = train(
-        AffinityTraining(model, radius=3),
-        iteration_batches(ToySquares(), default_collate, 4, 0, iterations, 0, CPU, 0),
-        build_optimizer("adam", model.parameters(), 1e-2, 0.0),
-        partial(poly_lr, total=iterations, warmup=2, power=0.9),
-        LoopSettings(iterations, log_every=1, checkpoint_every=iterations, seed=0),
-        CPU,
-    )
+    history = train_on_toy_squares(AffinityTraining(EmbeddingNet(8, SmallBackbone(width=8)), radius=3))
     losses = [row["loss"] for row in history]
-    assert len(losses) == iterations and all(math.isfinite(x) for x in losses)
+    assert len(losses) == 40 and all(math.isfinite(x) for x in losses)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
     assert {"bg", "fg", "neg"} <= history[-1].keys()
 

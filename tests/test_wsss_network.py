@@ -83,20 +83,23 @@ class ToySquares(Dataset):
         return {"image": image + 0.1 * torch.from_numpy(rng.standard_normal((3, 32, 32))).float(), "semantic": labels}
 
 
-def test_a_tiny_training_run_lowers_the_loss() -> None:
-    torch.manual_seed(0)
-    model = SegmentationNet(1, SmallBackbone(width=8))
-    iterations = 40
-    history = train(
-        SegmentationTraining(model),
+def train_on_toy_squares(objective: nn.Module, iterations: int = 40) -> list[dict]:
+    """``objective`` (a network + loss, as :func:`bestie.training.train` takes) trained on
+    :class:`ToySquares` for ``iterations``, every one logged."""
+    return train(
+        objective,
         iteration_batches(ToySquares(), default_collate, 4, 0, iterations, 0, CPU, 0),
-        build_optimizer("adam", model.parameters(), 1e-2, 0.0),
+        build_optimizer("adam", objective.parameters(), 1e-2, 0.0),
         partial(poly_lr, total=iterations, warmup=2, power=0.9),
         LoopSettings(iterations, log_every=1, checkpoint_every=iterations, seed=0),
         CPU,
     )
-    losses = [row["loss"] for row in history]
-    assert len(losses) == iterations
+
+
+def test_a_tiny_training_run_lowers_the_loss() -> None:
+    torch.manual_seed(0)
+    losses = [row["loss"] for row in train_on_toy_squares(SegmentationTraining(SegmentationNet(1, SmallBackbone(width=8))))]
+    assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
 
 
