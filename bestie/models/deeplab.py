@@ -5,7 +5,8 @@
     images -> backbone -> decoder (ASPP + low-level fusions) -> segmentation head (C+1) -> upsample
 
 The backbone, decoder and head are BESTIE's semantic branch (:mod:`~bestie.models.panoptic_deeplab`)
-without the instance branch.
+without the instance branch; :class:`EmbeddingNet` ends it in a per-pixel embedding instead
+(AffinityNet's role, :mod:`bestie.affinity`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ from torch import Tensor, nn
 from bestie.models.backbones import Backbone, build_backbone
 from bestie.models.panoptic_deeplab import Head, build_decoder, default_decoder_specs, resize, set_bn_momentum
 
-__all__ = ["EmbeddingNet", "SegmentationNet"]
+__all__ = ["EmbeddingNet", "SegmentationNet", "semantic_branch"]
+
+
+def semantic_branch(
+    backbone: str | Backbone, pretrained: bool, out_channels: int
+) -> tuple[Backbone, nn.Module, Head]:
+    """BESTIE's semantic branch: the backbone (built by name, or as given), its semantic decoder
+    and a head of ``out_channels``, built in that order."""
+    if isinstance(backbone, str):
+        backbone = build_backbone(backbone, pretrained)
+    spec, _ = default_decoder_specs(backbone)
+    return backbone, build_decoder(backbone, spec), Head(spec.channels, spec.head_channels, out_channels, spec.separable)
 
 
 class SegmentationNet(nn.Module):
@@ -35,12 +47,7 @@ class SegmentationNet(nn.Module):
         *, bn_momentum: float | None = None,
     ):
         super().__init__()
-        if isinstance(backbone, str):
-            backbone = build_backbone(backbone, pretrained)
-        self.backbone = backbone
-        spec, _ = default_decoder_specs(backbone)  # BESTIE's semantic branch
-        self.decoder = build_decoder(backbone, spec)
-        self.seg_head = Head(spec.channels, spec.head_channels, num_classes + 1, spec.separable)
+        self.backbone, self.decoder, self.seg_head = semantic_branch(backbone, pretrained, num_classes + 1)
         set_bn_momentum(self, bn_momentum)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
@@ -60,12 +67,7 @@ class EmbeddingNet(nn.Module):
         *, bn_momentum: float | None = None,
     ):
         super().__init__()
-        if isinstance(backbone, str):
-            backbone = build_backbone(backbone, pretrained)
-        self.backbone = backbone
-        spec, _ = default_decoder_specs(backbone)
-        self.decoder = build_decoder(backbone, spec)
-        self.embedding_head = Head(spec.channels, spec.head_channels, dim, spec.separable)
+        self.backbone, self.decoder, self.embedding_head = semantic_branch(backbone, pretrained, dim)
         set_bn_momentum(self, bn_momentum)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
