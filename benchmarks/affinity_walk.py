@@ -33,7 +33,7 @@ from bestie.data.transforms import normalize  # noqa: E402
 from bestie.io import read_image  # noqa: E402
 from bestie.metrics.segmentation import SemanticMapTally  # noqa: E402
 from bestie.models import EmbeddingNet  # noqa: E402
-from bestie.runtime import select_device  # noqa: E402
+from bestie.runtime import seed_everything, select_device  # noqa: E402
 from bestie.structures import IGNORE  # noqa: E402
 
 
@@ -54,6 +54,7 @@ def main() -> None:
         model = EmbeddingNet(options.embedding_dim, options.backbone).to(device).eval()
         model.load_state_dict(torch.load(args.model, map_location=device))
     else:
+        seed_everything(params.seed)  # as the stage does: the network it would train
         model, history = train_network(params, argparse.Namespace(wsss=args.wsss, state_dir="data/train_state"),
                                        manifest, device)
         print(f"trained: {history[-1]}")
