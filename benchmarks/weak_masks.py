@@ -118,8 +118,10 @@ ROWS = (
     Row("point-pairwise", "`point`, pairwise loss", ("supervision=point", "train.pairwise.weight=1.0")),
     Row("point-seg-all-pairwise", "`point`, pairwise loss and segmentation loss on every pixel",
         ("supervision=point", "train.pairwise.weight=1.0", "train.hard_pixel_ratio=1.0")),
-    # The training budget: three times the default iterations (the held-out upper bound's diagnosis).
+    # The training budget: three times the default iterations (the held-out upper bound's diagnosis),
+    # for the bound and for `cls`: does the weak share grow with the budget, or is it the labels?
     Row("full-3x", "`full`, 3x iterations (5400)", ("supervision=full", "train.iterations=5400")),
+    Row("cls-3x", "`cls`, 3x iterations (5400)", ("train.iterations=5400",)),
     # Inference-only levers (only `evaluate` re-runs): the segmentation refinement, chosen on embedded val.
     Row("cls-segrefine-off", "`cls`, `inference.seg_refine` off", ("inference.seg_refine.iterations=0",)),
     Row("point-segrefine-off", "`point`, `inference.seg_refine` off",
